@@ -1,0 +1,102 @@
+/**
+ * The event stream: a bounded ring of the most recent events, plus any number of
+ * followers, each with its own cursor.
+ *
+ * Emitting never waits for anybody: the ring overwrites its oldest entry, and a
+ * follower whose cursor fell off the ring learns how many events it lost (an
+ * `events-lost` line) instead of a silent gap. (blksnap's own queue is unbounded; a
+ * daemon must not grow without limit because nobody reads its events.)
+ */
+export const EVENT_BACKLOG = 1024;
+
+export type EventType =
+  | 'snapshot-taken' | 'snapshot-destroyed' | 'low-free-space' | 'corrupted'
+  | 'storage-appended' | 'storage-grown' | 'cbt-reset';
+
+export type EventFields = Record<string, string | number | boolean | null>;
+
+export interface BlksnapEvent {
+  seq: number;
+  time: string;
+  type: EventType;
+  fields: EventFields;
+}
+
+export function formatEvent(e: BlksnapEvent): string {
+  return `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, ...e.fields })}\n`;
+}
+
+export class EventQueue {
+  private readonly ring: Array<BlksnapEvent | undefined>;
+  private nextSeq = 1;
+  private readonly wakers = new Set<() => void>();
+  /** Extra observer (the daemon's log). */
+  onEvent: ((e: BlksnapEvent) => void) | null = null;
+
+  constructor(readonly capacity = EVENT_BACKLOG) {
+    this.ring = new Array<BlksnapEvent | undefined>(capacity);
+  }
+
+  emit(type: EventType, fields: EventFields): BlksnapEvent {
+    const event: BlksnapEvent = { seq: this.nextSeq++, time: new Date().toISOString(), type, fields };
+    this.ring[event.seq % this.capacity] = event;
+    this.onEvent?.(event);
+    const wakers = [...this.wakers];
+    this.wakers.clear();
+    for (const wake of wakers) wake();
+    return event;
+  }
+
+  /** The seq the next event will carry. */
+  get headSeq(): number {
+    return this.nextSeq;
+  }
+
+  /** The oldest seq still in the ring. */
+  get oldestSeq(): number {
+    return Math.max(1, this.nextSeq - this.capacity);
+  }
+
+  get(seq: number): BlksnapEvent | undefined {
+    if (seq < this.oldestSeq || seq >= this.nextSeq) return undefined;
+    return this.ring[seq % this.capacity];
+  }
+
+  /** Resolves at the next emit (or never, if none comes: pair it with a timeout). */
+  waitForNext(): { promise: Promise<void>; cancel: () => void } {
+    let wake!: () => void;
+    const promise = new Promise<void>((resolve) => (wake = resolve));
+    this.wakers.add(wake);
+    return { promise, cancel: () => this.wakers.delete(wake) };
+  }
+}
+
+/**
+ * One follower's position in the stream. `take` returns the text of the events it has
+ * not seen yet (starting with an `events-lost` line when it fell behind the ring).
+ */
+export class EventCursor {
+  private next: number;
+
+  constructor(private readonly queue: EventQueue) {
+    this.next = queue.oldestSeq;
+  }
+
+  take(maxEvents = 256): string {
+    let text = '';
+    if (this.next < this.queue.oldestSeq) {
+      const lost = this.queue.oldestSeq - this.next;
+      text += `${JSON.stringify({ type: 'events-lost', time: new Date().toISOString(), count: lost })}\n`;
+      this.next = this.queue.oldestSeq;
+    }
+    for (let n = 0; n < maxEvents && this.next < this.queue.headSeq; n++) {
+      const e = this.queue.get(this.next++);
+      if (e !== undefined) text += formatEvent(e);
+    }
+    return text;
+  }
+
+  get pending(): boolean {
+    return this.next < this.queue.headSeq;
+  }
+}

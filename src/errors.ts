@@ -1,0 +1,56 @@
+/**
+ * One error class for the whole daemon, carrying an errno name. Every layer throws
+ * BlksnapError; the views turn its code into the negative errno FUSE expects, and the
+ * CLI prints its message as the one line a user sees.
+ *
+ * @example
+ *   throw BlksnapError.of('ENOSPC', 'difference storage is full');
+ */
+import { constants as osConstants } from 'node:os';
+
+export type ErrnoName =
+  | 'EPERM' | 'ENOENT' | 'EIO' | 'EBADF' | 'EAGAIN' | 'ENOMEM' | 'EACCES' | 'EBUSY'
+  | 'EEXIST' | 'EXDEV' | 'ENODEV' | 'ENOTDIR' | 'EISDIR' | 'EINVAL' | 'EFBIG' | 'ENOSPC'
+  | 'EROFS' | 'ENAMETOOLONG' | 'ENOSYS' | 'ENOTEMPTY' | 'ENOTSUP' | 'EINTR' | 'ENOTBLK'
+  | 'ENXIO' | 'ETIMEDOUT' | 'ESHUTDOWN' | 'EOVERFLOW';
+
+const errnoNumbers = osConstants.errno as Record<string, number | undefined>;
+
+export class BlksnapError extends Error {
+  readonly code: ErrnoName;
+
+  constructor(code: ErrnoName, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'BlksnapError';
+    this.code = code;
+  }
+
+  /** The positive errno number (e.g. 28 for ENOSPC). */
+  get errno(): number {
+    return errnoNumbers[this.code] ?? errnoNumbers['EIO'] ?? 5;
+  }
+
+  static of(code: ErrnoName, message: string, cause?: unknown): BlksnapError {
+    return cause === undefined ? new BlksnapError(code, message) : new BlksnapError(code, message, { cause });
+  }
+}
+
+/** Node's fs errors carry `code`; keep it when it is an errno name we know. */
+export function errnoNameOf(err: unknown): ErrnoName {
+  if (err instanceof BlksnapError) return err.code;
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && code in errnoNumbers) return code as ErrnoName;
+  return 'EIO';
+}
+
+/** Wrap any thrown value as a BlksnapError, prefixing a description of what failed. */
+export function asBlksnapError(err: unknown, what: string): BlksnapError {
+  if (err instanceof BlksnapError) return err;
+  const reason = err instanceof Error ? err.message : String(err);
+  return BlksnapError.of(errnoNameOf(err), `${what}: ${reason}`, err);
+}
+
+/** The positive errno number of an errno name. */
+export function errnoNumber(code: ErrnoName): number {
+  return errnoNumbers[code] ?? 5;
+}

@@ -1,0 +1,61 @@
+/**
+ * The few system calls Node's fs lacks, through koffi (an FFI that ships prebuilt
+ * binaries, so nothing is compiled at install): fallocate for preallocation, flock for
+ * ownership of a file, ioctl(BLKGETSIZE64) for the size of a block device, and the
+ * address of a Buffer so we can hand O_DIRECT a properly aligned slice.
+ */
+import koffi from 'koffi';
+import { BlksnapError, type ErrnoName } from '../errors.js';
+import { constants as osConstants } from 'node:os';
+
+const libc = koffi.load('libc.so.6');
+const fallocateFn = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+const flockFn = libc.func('int flock(int fd, int operation)');
+const ioctlU64Fn = libc.func('int ioctl(int fd, unsigned long request, _Out_ uint64_t *out)');
+
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const LOCK_UN = 8;
+const BLKGETSIZE64 = 0x80081272;
+
+function errnoName(errno: number): ErrnoName {
+  for (const [name, value] of Object.entries(osConstants.errno)) {
+    if (value === errno) return name as ErrnoName;
+  }
+  return 'EIO';
+}
+
+function fail(what: string): never {
+  const errno = koffi.errno();
+  const code = errnoName(errno);
+  throw BlksnapError.of(code, `${what}: ${code}`);
+}
+
+/** Reserve `length` bytes at `offset` (mode 0: the file grows to cover them). */
+export function fallocate(fd: number, offset: number, length: number): void {
+  if (fallocateFn(fd, 0, offset, length) !== 0) fail('fallocate');
+}
+
+/** Take an exclusive lock without waiting; false when another open file holds it. */
+export function tryLockExclusive(fd: number): boolean {
+  if (flockFn(fd, LOCK_EX | LOCK_NB) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === osConstants.errno.EWOULDBLOCK) return false;
+  return fail('flock');
+}
+
+export function unlock(fd: number): void {
+  flockFn(fd, LOCK_UN);
+}
+
+/** The size in bytes of the block device open at fd, from the kernel. */
+export function blockDeviceSize(fd: number): number {
+  const out: [bigint] = [0n];
+  if (ioctlU64Fn(fd, BLKGETSIZE64, out) !== 0) fail('ioctl(BLKGETSIZE64)');
+  return Number(out[0]);
+}
+
+/** The memory address of a Buffer's first byte. */
+export function addressOf(buf: Buffer): bigint {
+  return koffi.address(buf);
+}

@@ -1,0 +1,135 @@
+/**
+ * The origin: a disk image file or a block device, opened once and held for the life
+ * of the mount. Holding the descriptor is what makes its identity race-free: whatever
+ * the path later points to, we keep reading and writing the device or inode we opened,
+ * and /status names it by device numbers and inode.
+ */
+import { constants as fsc, promises as fsp, type Stats } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { BlksnapError, asBlksnapError } from '../errors.js';
+import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
+import { readFully, writeFully } from './io.js';
+
+export type OriginKind = 'file' | 'block-device';
+
+export interface OriginIdentity {
+  path: string;
+  kind: OriginKind;
+  size: number;
+  /** st_dev of the inode: the file system an image file lives on. */
+  dev: string;
+  ino: number;
+  /** For a block device: its own major:minor. */
+  rdev: string | null;
+  /** For a block device: the kernel's disk sequence number, where it has one. */
+  diskseq: number | null;
+}
+
+function majorMinor(dev: number): string {
+  // Linux's new_encode_dev layout, as glibc's major()/minor() decode it.
+  const major = ((dev >>> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
+  const minor = (dev & 0xff) | ((dev >>> 12) & ~0xff);
+  return `${major}:${minor}`;
+}
+
+async function readDiskseq(rdev: string): Promise<number | null> {
+  try {
+    const text = await readFile(`/sys/dev/block/${rdev}/diskseq`, 'utf8');
+    const value = Number(text.trim());
+    return Number.isFinite(value) ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+export class OriginDevice {
+  readonly identity: OriginIdentity;
+  readonly readOnly: boolean;
+  private readonly file: fsp.FileHandle;
+
+  private constructor(file: fsp.FileHandle, identity: OriginIdentity, readOnly: boolean) {
+    this.file = file;
+    this.identity = identity;
+    this.readOnly = readOnly;
+  }
+
+  get size(): number {
+    return this.identity.size;
+  }
+
+  /**
+   * Open the origin and claim it: an exclusive open for a block device (the kernel
+   * refuses it while the device is mounted or claimed elsewhere), and an flock for both
+   * kinds, so a second blksnapfs mount of the same origin fails at once.
+   */
+  static async open(path: string, options: { readOnly: boolean }): Promise<OriginDevice> {
+    let st: Stats;
+    try {
+      st = await fsp.stat(path);
+    } catch (err) {
+      throw asBlksnapError(err, `origin ${path}`);
+    }
+    if (st.isDirectory()) throw BlksnapError.of('EISDIR', `origin ${path} is a directory, not a disk image or block device`);
+    const kind: OriginKind | null = st.isBlockDevice() ? 'block-device' : st.isFile() ? 'file' : null;
+    if (kind === null) throw BlksnapError.of('EINVAL', `origin ${path} is neither a regular file nor a block device`);
+
+    const mode = options.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
+    const flags = mode | (kind === 'block-device' ? fsc.O_EXCL : 0);
+    let file: fsp.FileHandle;
+    try {
+      file = await fsp.open(path, flags);
+    } catch (err) {
+      const e = asBlksnapError(err, `cannot open origin ${path}`);
+      if (e.code === 'EBUSY') throw BlksnapError.of('EBUSY', `origin ${path} is in use (mounted or claimed by another program)`);
+      throw e;
+    }
+    try {
+      if (!tryLockExclusive(file.fd)) {
+        throw BlksnapError.of('EBUSY', `origin ${path} is already mounted by another blksnapfs`);
+      }
+      const fst = await file.stat();
+      const size = kind === 'block-device' ? blockDeviceSize(file.fd) : fst.size;
+      if (size === 0) throw BlksnapError.of('EINVAL', `origin ${path} is empty`);
+      const rdev = kind === 'block-device' ? majorMinor(fst.rdev) : null;
+      const identity: OriginIdentity = {
+        path,
+        kind,
+        size,
+        dev: majorMinor(fst.dev),
+        ino: fst.ino,
+        rdev,
+        diskseq: rdev === null ? null : await readDiskseq(rdev),
+      };
+      return new OriginDevice(file, identity, options.readOnly);
+    } catch (err) {
+      await file.close();
+      throw err;
+    }
+  }
+
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    return readFully(this.file, buf, offset, length, position);
+  }
+
+  write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    return writeFully(this.file, buf, offset, length, position);
+  }
+
+  async flush(): Promise<void> {
+    await this.file.datasync();
+  }
+
+  async close(): Promise<void> {
+    try {
+      if (!this.readOnly) await this.file.datasync();
+    } finally {
+      unlock(this.file.fd);
+      await this.file.close();
+    }
+  }
+
+  get name(): string {
+    return basename(this.identity.path);
+  }
+}
