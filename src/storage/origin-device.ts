@@ -10,6 +10,7 @@ import { basename } from 'node:path';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
 import { readFully, writeFully } from './io.js';
+import { majorMinor } from './devnum.js';
 
 export type OriginKind = 'file' | 'block-device';
 
@@ -24,13 +25,6 @@ export interface OriginIdentity {
   rdev: string | null;
   /** For a block device: the kernel's disk sequence number, where it has one. */
   diskseq: number | null;
-}
-
-function majorMinor(dev: number): string {
-  // Linux's new_encode_dev layout, as glibc's major()/minor() decode it.
-  const major = ((dev >>> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
-  const minor = (dev & 0xff) | ((dev >>> 12) & ~0xff);
-  return `${major}:${minor}`;
 }
 
 async function readDiskseq(rdev: string): Promise<number | null> {

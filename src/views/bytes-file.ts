@@ -1,0 +1,27 @@
+/**
+ * A read-only file whose contents are fixed when it is opened: info and status JSON
+ * (rendered once per open, so a reader never sees half of one state and half of the
+ * next) and the cbtmap (the snapshot's own map; the snapshot is referenced while open).
+ */
+import { BlksnapError } from '../errors.js';
+import { clampRead, type FileView } from './file-view.js';
+
+export class BytesFile implements FileView {
+  constructor(private readonly bytes: Uint8Array, private readonly onRelease: () => void = () => undefined) {}
+
+  read(buf: Buffer, length: number, position: number): Promise<number> {
+    const n = clampRead(this.bytes.length, length, position);
+    if (n > 0) buf.set(this.bytes.subarray(position, position + n), 0);
+    return Promise.resolve(n);
+  }
+
+  write(): Promise<number> {
+    return Promise.reject(BlksnapError.of('EACCES', 'this file is read-only'));
+  }
+
+  async fsync(): Promise<void> {}
+
+  release(): void {
+    this.onRelease();
+  }
+}

@@ -1,0 +1,71 @@
+/**
+ * The JSON documents of the tree: /status (the whole mount, for people and scripts)
+ * and /snapshots/NAME/info (one snapshot and its change-tracking facts).
+ */
+import type { SnapshotEngine } from '../engine/engine.js';
+import type { Snapshot } from '../engine/snapshot.js';
+
+export interface MountFacts {
+  mountpoint: string;
+  pid: number;
+  mountedAt: Date;
+  readOnly: boolean;
+}
+
+export function snapshotInfo(engine: SnapshotEngine, snap: Snapshot): object {
+  return {
+    name: snap.name,
+    uuid: snap.uuid,
+    created: snap.created.toISOString(),
+    state: snap.state,
+    error: snap.error,
+    error_message: snap.errorMessage,
+    device_capacity: snap.deviceCapacity,
+    chunk_size: engine.geometry.chunkSize,
+    block_size: engine.tracker.blockSize,
+    block_count: engine.tracker.blockCount,
+    generation_id: snap.cbt.generationId,
+    changes_number: snap.cbt.changesNumber,
+  };
+}
+
+export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
+  const id = engine.origin.identity;
+  return {
+    mountpoint: facts.mountpoint,
+    pid: facts.pid,
+    mounted_at: facts.mountedAt.toISOString(),
+    read_only: facts.readOnly,
+    origin: {
+      path: id.path,
+      kind: id.kind,
+      size: id.size,
+      dev: id.dev,
+      ino: id.ino,
+      rdev: id.rdev,
+      diskseq: id.diskseq,
+    },
+    chunk_size: engine.geometry.chunkSize,
+    chunk_count: engine.geometry.chunkCount,
+    block_size: engine.tracker.blockSize,
+    block_count: engine.tracker.blockCount,
+    diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks },
+    change_tracking: {
+      generation_id: engine.tracker.generationId,
+      changes_number: engine.tracker.activeNumber,
+    },
+    snapshots: engine.list().map((s) => ({
+      name: s.name,
+      uuid: s.uuid,
+      created: s.created.toISOString(),
+      state: s.state,
+      error: s.error,
+      changes_number: s.cbt.changesNumber,
+      generation_id: s.cbt.generationId,
+    })),
+  };
+}
+
+export function jsonBytes(doc: object): Buffer {
+  return Buffer.from(`${JSON.stringify(doc, null, 2)}\n`, 'utf8');
+}
