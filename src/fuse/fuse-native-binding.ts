@@ -20,6 +20,7 @@ export interface FuseStat {
   atime: Date;
   ctime: Date;
   blksize: number;
+  blocks: number;
 }
 
 export interface FuseStatFs {

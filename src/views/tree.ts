@@ -41,6 +41,9 @@ export interface Attr {
   atime: Date;
   ctime: Date;
   blksize: number;
+  /** 512-byte blocks. Must not be 0 for a non-empty file: GNU tar -S takes st_blocks == 0
+   *  to mean "all hole" and would archive an image as zeros. */
+  blocks: number;
 }
 
 export interface StatFs {
@@ -115,8 +118,8 @@ export class Tree {
     const node = this.need(path);
     const { uid, gid, facts } = this.options;
     const base = { nlink: 1, uid, gid, mtime: facts.mountedAt, atime: facts.mountedAt, ctime: facts.mountedAt, blksize: 4096 };
-    const file = (mode: number, size: number): Attr => ({ ...base, mode: REG | mode, size });
-    const dir = (mode: number, nlink: number): Attr => ({ ...base, mode: DIR | mode, size: 4096, nlink });
+    const file = (mode: number, size: number): Attr => ({ ...base, mode: REG | mode, size, blocks: Math.ceil(size / 512) });
+    const dir = (mode: number, nlink: number): Attr => ({ ...base, mode: DIR | mode, size: 4096, nlink, blocks: 8 });
     switch (node.kind) {
       case 'root': return dir(0o755, 3);
       case 'snapshots': return dir(0o755, 2 + this.engine.list().length);

@@ -36,24 +36,27 @@ export interface RunResult {
 /** Run a command; never throws for a non-zero exit (the test asserts on `code`). */
 export async function run(cmd: string, args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
   return new Promise((resolvePromise) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       resolvePromise({ code: code ?? (signal ? 128 : 1), stdout, stderr });
     });
-    child.stdin.end(options.input ?? '');
+    if (child.stdin !== null) {
+      child.stdin.on('error', () => undefined); // the command may exit without reading
+      child.stdin.end(options.input);
+    }
   });
 }
 
 /** Run a command and fail the test (with its stderr) unless it exits 0. */
 export async function must(cmd: string, args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<string> {
   const r = await run(cmd, args, options);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()} ${r.stdout.trim().slice(-2000)}`);
   return r.stdout;
 }
 
