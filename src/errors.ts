@@ -46,8 +46,12 @@ export function errnoNameOf(err: unknown): ErrnoName {
 /** Wrap any thrown value as a BlksnapError, prefixing a description of what failed. */
 export function asBlksnapError(err: unknown, what: string): BlksnapError {
   if (err instanceof BlksnapError) return err;
-  const reason = err instanceof Error ? err.message : String(err);
-  return BlksnapError.of(errnoNameOf(err), `${what}: ${reason}`, err);
+  const code = errnoNameOf(err);
+  // Node says "ENOENT: no such file or directory, open '/x'"; the caller already named
+  // the path, so keep only the reason.
+  const raw = err instanceof Error ? err.message : String(err);
+  const reason = raw.replace(/^[A-Z]+: /, '').replace(/, \w+ '.*'$/, '');
+  return BlksnapError.of(code, `${what}: ${reason}`, err);
 }
 
 /** The positive errno number of an errno name. */

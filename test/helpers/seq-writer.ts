@@ -24,11 +24,15 @@ export function isRecord(buf: Buffer, k: number): boolean {
   return buf.length === RECORD && makeRecord(k).equals(buf);
 }
 
-// Run as a script: node seq-writer.js PATH COUNT
+// Run as a script: node seq-writer.js PATH COUNT [--ack]
+// With --ack it prints each record number once its write has returned (acknowledged).
 if (process.argv[1]?.endsWith('seq-writer.js')) {
-  const [path, countText] = process.argv.slice(2);
+  const [path, countText, flag] = process.argv.slice(2);
   const fd = openSync(path ?? '', 'r+');
   const count = Number(countText);
-  for (let k = 0; k < count; k++) writeSync(fd, makeRecord(k), 0, RECORD, k * RECORD);
+  for (let k = 0; k < count; k++) {
+    writeSync(fd, makeRecord(k), 0, RECORD, k * RECORD);
+    if (flag === '--ack') writeSync(1, `${k}\n`);
+  }
   closeSync(fd);
 }
