@@ -21,3 +21,11 @@ export function formatSize(bytes: number): string {
   }
   return `${bytes}`;
 }
+
+/** For people: at most one decimal, e.g. 32.4M, 1G, 512K, 100 bytes as 100. */
+export function humanSize(bytes: number): string {
+  for (const [suffix, unit] of [['T', 2 ** 40], ['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]] as const) {
+    if (bytes >= unit) return `${Number((bytes / unit).toFixed(1))}${suffix}`;
+  }
+  return `${bytes}`;
+}

@@ -10,7 +10,7 @@ import { createReadStream } from 'node:fs';
 import { EXIT_USAGE, launch } from '../daemon/launch.js';
 import { OPTION_TABLE, applyOption, emptyOptions, parseOptionString } from '../daemon/options.js';
 import { BlksnapError } from '../errors.js';
-import { formatSize } from '../sizes.js';
+import { humanSize } from '../sizes.js';
 import { destroySnapshot, readInfo, readStatus, sendControl, takeSnapshot } from './client.js';
 import { registerCbtCommands } from './cbt-commands.js';
 
@@ -132,8 +132,8 @@ export function buildProgram(): Command {
       const d = s['diff_storage'] as { size: number; used: number; free: number };
       print(o.json === true, s, () =>
         [
-          `origin     ${s.origin.path} (${formatSize(s.origin.size)})`,
-          `storage    ${formatSize(d.used)} used of ${formatSize(d.size)}, ${formatSize(d.free)} free`,
+          `origin     ${s.origin.path} (${humanSize(s.origin.size)})`,
+          `storage    ${humanSize(d.used)} used of ${humanSize(d.size)}, ${humanSize(d.free)} free`,
           `snapshots  ${s.snapshots.length === 0 ? '(none)' : s.snapshots.map((x) => `${x.name}${x.state === 'ok' ? '' : ` [${x.state}]`}`).join(' ')}`,
           '',
         ].join('\n'));
