@@ -185,3 +185,20 @@ test('writes past the end are refused by the engine, nothing changes', async (t)
   await t.throwsAsync(() => write(engine, MiB - 10, Buffer.alloc(20)), { message: /outside the origin/ });
   t.true((await readOrigin(engine)).equals(before));
 });
+
+test('small reads are served from cached windows, never from a reused slot\'s previous life', async (t) => {
+  const { engine } = await openEngine(t, { size: 1 * MiB, chunkSize: CHUNK, diffSize: CHUNK });
+  const v0 = await readOrigin(engine);
+  await engine.take('first');
+  await write(engine, 0, randomBytes(100)); // chunk 0 -> the only slot
+  for (let off = 0; off < CHUNK; off += 4096) {
+    t.true((await readImage(engine, 'first', off, 4096)).equals(v0.subarray(off, off + 4096)));
+  }
+  engine.destroy('first'); // the slot is free again
+  const v1 = await readOrigin(engine);
+  await engine.take('second');
+  await write(engine, 0, randomBytes(100)); // chunk 0 saved again, into the same slot
+  for (let off = 0; off < CHUNK; off += 4096) {
+    t.true((await readImage(engine, 'second', off, 4096)).equals(v1.subarray(off, off + 4096)), `offset ${off}`);
+  }
+});

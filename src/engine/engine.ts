@@ -25,6 +25,7 @@ import type { EventQueue } from './event-queue.js';
 import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
 import { silentLogger, type Logger } from './logger.js';
+import { SavedWindowCache } from './saved-window-cache.js';
 
 /** Largest piece of a saved chunk read in one O_DIRECT request. */
 const READ_WINDOW = 256 * 1024;
@@ -54,6 +55,7 @@ export class SnapshotEngine {
   private readonly copiesInFlight = new Map<number, Promise<void>>();
   private readonly copyPool: AlignedBufferPool;
   private readonly readPool: AlignedBufferPool;
+  private readonly windowCache = new SavedWindowCache();
 
   /** Named snapshots. */
   private readonly byName = new Map<string, Snapshot>();
@@ -155,7 +157,8 @@ export class SnapshotEngine {
       const length = Math.min(cs, this.originSize - start);
       await this.origin.read(buf, 0, length, start);
       if (length < cs) buf.fill(0, length);
-      slot = this.storage.allocate();
+      slot = await this.storage.allocate(); // may wait for automatic growth
+      this.windowCache.allocated(slot);
       await this.storage.writeChunk(slot, buf);
       this.copies.add(chunk, lo, hi, slot);
       // A snapshot released while we copied may have left this copy serving nobody.
@@ -301,23 +304,33 @@ export class SnapshotEngine {
     throw BlksnapError.of('EIO', `snapshot ${snap.name} lost chunk ${chunk}`);
   }
 
-  /** O_DIRECT reads of the aligned windows around [inChunk, inChunk + length). */
+  /**
+   * O_DIRECT reads of the aligned windows around [inChunk, inChunk + length). A read
+   * that needs only part of a window keeps the whole window in the cache for its
+   * neighbours; whole-window reads go straight through.
+   */
   private async readSaved(slot: number, inChunk: number, length: number, buf: Buffer, offset: number): Promise<void> {
     const end = inChunk + length;
-    let window = alignDown(inChunk);
-    const last = alignUp(end);
-    while (window < last) {
-      const n = Math.min(last - window, this.readPool.bufferSize);
+    const size = this.readPool.bufferSize;
+    for (let window = Math.floor(inChunk / size) * size; window < end; window += size) {
+      const from = Math.max(inChunk, window);
+      const to = Math.min(end, window + size);
+      const partial = to - from < size;
+      const cached = partial ? this.windowCache.get(slot, window) : undefined;
+      if (cached !== undefined) {
+        cached.copy(buf, offset + (from - inChunk), from - window, to - window);
+        continue;
+      }
+      const first = partial ? window : alignDown(from);
+      const last = partial ? window + size : alignUp(to);
       const tmp = await this.readPool.acquire();
       try {
-        await this.storage.readChunkPart(slot, window, n, tmp);
-        const from = Math.max(inChunk, window);
-        const to = Math.min(end, window + n);
-        tmp.copy(buf, offset + (from - inChunk), from - window, to - window);
+        await this.storage.readChunkPart(slot, first, last - first, tmp);
+        tmp.copy(buf, offset + (from - inChunk), from - first, to - first);
+        if (partial) this.windowCache.set(slot, window, Buffer.from(tmp.subarray(0, size)));
       } finally {
         this.readPool.release(tmp);
       }
-      window += n;
     }
   }
 
