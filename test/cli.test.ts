@@ -6,7 +6,7 @@
 import test from 'ava';
 import { promises as fsp, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, MiB, forceUnmount, isMounted, loopDevice, makeImage, run, scratchDir } from './helpers/fixture.js';
+import { CLI, MiB, background, forceUnmount, isMounted, loopDevice, makeImage, run, scratchDir } from './helpers/fixture.js';
 
 async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return run(process.execPath, [CLI, ...args]);
@@ -94,4 +94,40 @@ test('--help lists every command; errors are one line', async (t) => {
   t.not(missing.code, 0);
   t.is(missing.stderr.trim().split('\n').length, 1);
   t.regex(missing.stderr, /^blksnapfs: /);
+});
+
+test('-o ro: the origin cannot be written through the mount', async (t) => {
+  const dir = await scratchDir(t);
+  const origin = join(dir, 'disk.img');
+  await makeImage(origin, 4 * MiB);
+  const mnt = join(dir, 'mnt');
+  await fsp.mkdir(mnt);
+  t.teardown(() => forceUnmount(mnt));
+  const r = await run(process.execPath, [join(CLI, '..', 'mount.blksnapfs.js'), origin, mnt, '-o', `ro,diff_storage=${dir}/d.diff,diff_size=8M`]);
+  t.is(r.code, 0, r.stderr);
+  await t.throwsAsync(() => fsp.open(join(mnt, 'origin'), 'r+'), { code: 'EROFS' });
+  t.is((await fsp.stat(join(mnt, 'origin'))).mode & 0o222, 0);
+  await fsp.mkdir(join(mnt, 'snapshots', 'still-works'));
+  t.is((await fsp.readFile(join(mnt, 'snapshots', 'still-works', 'image'))).length, 4 * MiB);
+});
+
+test('-o foreground: stays in front, logs JSON to stderr, exits 0 once unmounted', async (t) => {
+  const dir = await scratchDir(t);
+  const origin = join(dir, 'disk.img');
+  await makeImage(origin, 4 * MiB);
+  const mnt = join(dir, 'mnt');
+  await fsp.mkdir(mnt);
+  t.teardown(() => forceUnmount(mnt));
+  const child = background(t, process.execPath, [join(CLI, '..', 'mount.blksnapfs.js'), origin, mnt, '-o', `foreground,diff_storage=${dir}/d.diff,diff_size=8M`]);
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  for (let i = 0; i < 100 && !(await isMounted(mnt)); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(await isMounted(mnt));
+  await fsp.mkdir(join(mnt, 'snapshots', 'fg'));
+  t.is((await run('umount', [mnt])).code, 0);
+  t.is(await exited, 0);
+  const lines = stderr.trim().split('\n').map((l) => JSON.parse(l) as { msg?: string; level?: number });
+  t.true(lines.some((l) => l.msg === 'mounted'), stderr);
+  t.true(lines.some((l) => l.msg === 'snapshot taken'));
 });
