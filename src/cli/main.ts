@@ -13,6 +13,7 @@ import { BlksnapError } from '../errors.js';
 import { humanSize } from '../sizes.js';
 import { destroySnapshot, readInfo, readStatus, sendControl, takeSnapshot } from './client.js';
 import { registerCbtCommands } from './cbt-commands.js';
+import { registerBackupCommands } from './backup-commands.js';
 
 const execFileP = promisify(execFile);
 
@@ -173,6 +174,7 @@ export function buildProgram(): Command {
     .action(async (mnt: string, path: string, size: string) => sendControl(mnt, `storage-append ${resolve(path)} ${size}`));
 
   registerCbtCommands(program);
+  registerBackupCommands(program);
   return program;
 }
 
