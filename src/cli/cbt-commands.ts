@@ -52,6 +52,9 @@ export function registerCbtCommands(program: Command): void {
       if (o.generation !== undefined && o.generation !== info.generation_id) {
         throw new Error(`generation changed (${o.generation} -> ${info.generation_id}): a full backup is needed`);
       }
+      if (since > info.changes_number) {
+        throw new Error(`--since ${since} is newer than snapshot ${name} (changes_number ${info.changes_number}): that is not the previous backup of this snapshot's history`);
+      }
       const map = await readCbtmap(mnt, name);
       const ranges = changedRanges(map, since, info.block_size, info.device_capacity);
       process.stdout.write(o.json === true
