@@ -94,6 +94,9 @@ test('the cbtmap marks exactly the blocks written: aligned, unaligned, across bo
   const since0 = JSON.parse(await cli('cbt', 'changed', m.mnt, 's2', '--since', '0', '--json')) as { ranges: Array<{ offset: number; length: number }> };
   t.true(since0.ranges.some((r) => r.offset === 5 * BS && r.length === BS), 'a block written before s1 counts since 0');
   t.is((await cli('cbt', 'changed', m.mnt, 's2', '--since', '2')).trim(), '');
+  const tooNew = await run(process.execPath, [CLI, 'cbt', 'changed', m.mnt, 's2', '--since', '3']);
+  t.not(tooNew.code, 0, 'a --since newer than the snapshot is a mix-up, not "nothing changed"');
+  t.regex(tooNew.stderr, /newer than snapshot s2/);
   const info = JSON.parse(await cli('cbt', 'info', m.mnt, 's2', '--json')) as Record<string, unknown>;
   t.deepEqual(info, { generation_id: i1['generation_id'], changes_number: 2, block_size: BS, block_count: COUNT, device_capacity: SIZE });
   const wrongGen = await run(process.execPath, [CLI, 'cbt', 'changed', m.mnt, 's2', '--since', '1', '--generation', 'not-this-one']);
