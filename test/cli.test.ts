@@ -3,7 +3,7 @@
  * snapshot take/list/destroy, status --json, umount (refused while busy; waits for the
  * daemon), --help.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { promises as fsp, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, MiB, background, forceUnmount, isMounted, loopDevice, makeImage, run, scratchDir } from './helpers/fixture.js';
@@ -12,17 +12,23 @@ async function cli(...args: string[]): Promise<{ code: number; stdout: string; s
   return run(process.execPath, [CLI, ...args]);
 }
 
+/** An origin image and an empty mount point, unmounted at teardown; not yet mounted. */
+async function unmountedOrigin(t: ExecutionContext, size: number): Promise<{ dir: string; origin: string; mnt: string }> {
+  const dir = await scratchDir(t);
+  const origin = join(dir, 'disk.img');
+  await makeImage(origin, size);
+  const mnt = join(dir, 'mnt');
+  await fsp.mkdir(mnt);
+  t.teardown(() => forceUnmount(mnt));
+  return { dir, origin, mnt };
+}
+
 test('mount -t blksnapfs runs the helper; fsname and type show in /proc/mounts', async (t) => {
   if (!existsSync('/usr/sbin/mount.blksnapfs') && !existsSync('/sbin/mount.blksnapfs')) {
     t.fail('mount.blksnapfs is not installed in /usr/sbin: run npm run setup');
     return;
   }
-  const dir = await scratchDir(t);
-  const origin = join(dir, 'disk.img');
-  await makeImage(origin, 8 * MiB);
-  const mnt = join(dir, 'mnt');
-  await fsp.mkdir(mnt);
-  t.teardown(() => forceUnmount(mnt));
+  const { dir, origin, mnt } = await unmountedOrigin(t, 8 * MiB);
   const r = await run('mount', ['-t', 'blksnapfs', origin, mnt, '-o', `diff_storage=${dir}/d.diff,diff_size=16M,noatime,nofail,x-systemd.automount`]);
   t.is(r.code, 0, r.stderr);
   const mounts = await fsp.readFile('/proc/mounts', 'utf8');
@@ -34,12 +40,7 @@ test('mount -t blksnapfs runs the helper; fsname and type show in /proc/mounts',
 });
 
 test('blksnapfs mount with long options, snapshot take/list/destroy, status, umount', async (t) => {
-  const dir = await scratchDir(t);
-  const origin = join(dir, 'disk.img');
-  await makeImage(origin, 8 * MiB);
-  const mnt = join(dir, 'mnt');
-  await fsp.mkdir(mnt);
-  t.teardown(() => forceUnmount(mnt));
+  const { dir, origin, mnt } = await unmountedOrigin(t, 8 * MiB);
   const m = await cli('mount', origin, mnt, '--diff-storage', join(dir, 'x.diff'), '--diff-size', '16M', '--chunk-size', '64K');
   t.is(m.code, 0, m.stderr);
 
@@ -97,12 +98,7 @@ test('--help lists every command; errors are one line', async (t) => {
 });
 
 test('-o ro: the origin cannot be written through the mount', async (t) => {
-  const dir = await scratchDir(t);
-  const origin = join(dir, 'disk.img');
-  await makeImage(origin, 4 * MiB);
-  const mnt = join(dir, 'mnt');
-  await fsp.mkdir(mnt);
-  t.teardown(() => forceUnmount(mnt));
+  const { dir, origin, mnt } = await unmountedOrigin(t, 4 * MiB);
   const r = await run(process.execPath, [join(CLI, '..', 'mount.blksnapfs.js'), origin, mnt, '-o', `ro,diff_storage=${dir}/d.diff,diff_size=8M`]);
   t.is(r.code, 0, r.stderr);
   await t.throwsAsync(() => fsp.open(join(mnt, 'origin'), 'r+'), { code: 'EROFS' });
@@ -112,12 +108,7 @@ test('-o ro: the origin cannot be written through the mount', async (t) => {
 });
 
 test('-o foreground: stays in front, logs JSON to stderr, exits 0 once unmounted', async (t) => {
-  const dir = await scratchDir(t);
-  const origin = join(dir, 'disk.img');
-  await makeImage(origin, 4 * MiB);
-  const mnt = join(dir, 'mnt');
-  await fsp.mkdir(mnt);
-  t.teardown(() => forceUnmount(mnt));
+  const { dir, origin, mnt } = await unmountedOrigin(t, 4 * MiB);
   const child = background(t, process.execPath, [join(CLI, '..', 'mount.blksnapfs.js'), origin, mnt, '-o', `foreground,diff_storage=${dir}/d.diff,diff_size=8M`]);
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
