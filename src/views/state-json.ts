@@ -52,7 +52,11 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
     diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks },
     change_tracking: {
       generation_id: engine.tracker.generationId,
-      changes_number: engine.tracker.activeNumber,
+      // blksnap's cbtinfo meaning: the number of the last period a snapshot closed (the
+      // newest snapshot's changes_number; 0 before the first one of this generation).
+      changes_number: engine.tracker.activeNumber - 1,
+      // The period still open: what writes mark now and the next snapshot will get.
+      active_number: engine.tracker.activeNumber,
     },
     snapshots: engine.list().map((s) => ({
       name: s.name,
