@@ -10,6 +10,8 @@ import { constants as osConstants } from 'node:os';
 
 const libc = koffi.load('libc.so.6');
 const fallocateFn = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+// Returns the error number instead of setting errno, so it can run on koffi's worker threads.
+const posixFallocateFn = libc.func('int posix_fallocate(int fd, int64_t offset, int64_t len)');
 const flockFn = libc.func('int flock(int fd, int operation)');
 const ioctlU64Fn = libc.func('int ioctl(int fd, unsigned long request, _Out_ uint64_t *out)');
 
@@ -34,6 +36,25 @@ function fail(what: string): never {
 /** Reserve `length` bytes at `offset` (mode 0: the file grows to cover them). */
 export function fallocate(fd: number, offset: number, length: number): void {
   if (fallocateFn(fd, 0, offset, length) !== 0) fail('fallocate');
+}
+
+/**
+ * fallocate off the event loop (on a koffi worker thread): growing the difference
+ * storage while snapshots are held must not stall the requests being served.
+ */
+export function fallocateAsync(fd: number, offset: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    posixFallocateFn.async(fd, offset, length, (err: unknown, result: number) => {
+      if (err !== null && err !== undefined) {
+        reject(BlksnapError.of('EIO', `fallocate: ${err instanceof Error ? err.message : String(err)}`, err));
+      } else if (result !== 0) {
+        const code = errnoName(result);
+        reject(BlksnapError.of(code, `fallocate: ${code}`));
+      } else {
+        resolve();
+      }
+    });
+  });
 }
 
 /** Take an exclusive lock without waiting; false when another open file holds it. */
