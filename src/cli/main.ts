@@ -6,7 +6,6 @@ import { Command, Option } from 'commander';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join, resolve } from 'node:path';
-import { createReadStream } from 'node:fs';
 import { EXIT_USAGE, launch } from '../daemon/launch.js';
 import { OPTION_TABLE, applyOption, emptyOptions, parseOptionString } from '../daemon/options.js';
 import { BlksnapError } from '../errors.js';
@@ -14,6 +13,7 @@ import { humanSize } from '../sizes.js';
 import { destroySnapshot, readInfo, readStatus, sendControl, takeSnapshot } from './client.js';
 import { registerCbtCommands } from './cbt-commands.js';
 import { registerBackupCommands } from './backup-commands.js';
+import { followEvents } from './follow-events.js';
 
 const execFileP = promisify(execFile);
 
@@ -146,20 +146,12 @@ export function buildProgram(): Command {
     .argument('<mountpoint>')
     .option('--json', 'print the raw JSON lines')
     .action(async (mnt: string, o: { json?: boolean }) => {
-      const stream = createReadStream(join(mnt, 'events'), { encoding: 'utf8' });
-      let partial = '';
-      for await (const chunk of stream as AsyncIterable<string>) {
-        partial += chunk;
-        let nl: number;
-        while ((nl = partial.indexOf('\n')) >= 0) {
-          const line = partial.slice(0, nl);
-          partial = partial.slice(nl + 1);
-          if (o.json === true) process.stdout.write(`${line}\n`);
-          else {
-            const { seq, time, type, ...rest } = JSON.parse(line) as Record<string, unknown>;
-            const fields = Object.entries(rest).map(([k, v]) => `${k}=${String(v)}`).join(' ');
-            process.stdout.write(`${String(time)} #${String(seq ?? '-')} ${String(type)} ${fields}\n`);
-          }
+      for await (const line of followEvents(mnt)) {
+        if (o.json === true) process.stdout.write(`${line}\n`);
+        else {
+          const { seq, time, type, ...rest } = JSON.parse(line) as Record<string, unknown>;
+          const fields = Object.entries(rest).map(([k, v]) => `${k}=${String(v)}`).join(' ');
+          process.stdout.write(`${String(time)} #${String(seq ?? '-')} ${String(type)} ${fields}\n`);
         }
       }
     });

@@ -8,7 +8,7 @@
  * mounted.
  */
 import { promises as fsp } from 'node:fs';
-import { basename, resolve } from 'node:path';
+import { basename, isAbsolute, resolve } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import { SnapshotEngine } from '../engine/engine.js';
@@ -17,9 +17,11 @@ import { ChangeTracker } from '../engine/change-tracker.js';
 import { deriveGeometry } from '../engine/geometry.js';
 import { OriginDevice } from '../storage/origin-device.js';
 import { DiffStorage } from '../storage/diff-storage.js';
+import { StorageGrowth } from '../storage/storage-growth.js';
 import { DiffStorageFile } from '../storage/diff-storage-file.js';
 import { checkStoragePath } from '../storage/storage-path-policy.js';
 import { alignUp } from '../storage/aligned.js';
+import { formatSize } from '../sizes.js';
 import { Tree } from '../views/tree.js';
 import { HandleTable } from '../views/handles.js';
 import { createFuseOps } from '../fuse/adapter.js';
@@ -58,6 +60,9 @@ export class Daemon {
 
   static async start(originPath: string, mountpointArg: string, opts: MountOptions, log: PinoLogger): Promise<Daemon> {
     const mountpoint = resolve(mountpointArg);
+    if (opts.diffGrow !== undefined && opts.diffLimit === undefined) {
+      throw BlksnapError.of('EINVAL', 'diff_grow needs diff_limit (the size automatic growth may reach)');
+    }
     const origin = await OriginDevice.open(resolve(originPath), { readOnly: opts.readOnly });
     let storageFile: DiffStorageFile | null = null;
     try {
@@ -74,8 +79,18 @@ export class Daemon {
       const storage = new DiffStorage(geometry.chunkSize, threshold);
       storage.addFile(storageFile);
 
-      const events = new EventQueue();
+      const events = new EventQueue(opts.eventBacklog);
       events.onEvent = (e) => log.info({ event: JSON.parse(formatEvent(e)) as object }, `event ${e.type}`);
+      if (opts.diffLimit !== undefined) {
+        if (opts.diffLimit < storage.sizeBytes) {
+          throw BlksnapError.of('EINVAL', `diff_limit (${formatSize(opts.diffLimit)}) is smaller than the difference storage (${formatSize(storage.sizeBytes)})`);
+        }
+        const step = alignUp(opts.diffGrow ?? Math.max(threshold, 1), geometry.chunkSize);
+        const growth = new StorageGrowth(storage, opts.diffLimit, step);
+        growth.onGrown = ({ file, bytes, total }) => events.emit('storage-grown', { path: file.path, bytes, total });
+        growth.onError = (err) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cannot grow the difference storage');
+        storage.manager = growth;
+      }
       const tracker = new ChangeTracker(geometry.blockSize, geometry.blockCount);
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
       const handles = new HandleTable();
@@ -85,7 +100,11 @@ export class Daemon {
         uid: opts.uid ?? process.getuid?.() ?? 0,
         gid: opts.gid ?? process.getgid?.() ?? 0,
         commands: {
-          storageAppend: (path, size) => Daemon.appendStorage(engine, mountpoint, path, size),
+          storageAppend: (path, size) => Daemon.appendStorage(engine, mountpoint, path, size).catch((err: unknown) => {
+            // The writer of /control sees only the errno; the reason goes to the log.
+            log.warn({ path, size, err: err instanceof Error ? err.message : String(err) }, 'storage-append refused');
+            throw err;
+          }),
           cbtDirty: (offset, length) => engine.markDirty(offset, length),
         },
       });
@@ -106,8 +125,13 @@ export class Daemon {
     }
   }
 
-  /** storage-append: a new preallocated file joins the pool while snapshots are held. */
+  /**
+   * storage-append: a new preallocated file joins the pool while snapshots are held.
+   * Every refusal leaves everything as it was (see docs/events-and-storage.md for the
+   * errno of each): nothing is created, and an existing file keeps its contents.
+   */
   static async appendStorage(engine: SnapshotEngine, mountpoint: string, path: string, size: number): Promise<void> {
+    if (!isAbsolute(path)) throw BlksnapError.of('EINVAL', `storage-append needs an absolute path, not "${path}"`);
     const abs = resolve(path);
     await checkStoragePath(abs, mountpoint, engine.origin.identity);
     if (engine.storage.files.some((f) => f.path === abs)) throw BlksnapError.of('EEXIST', `${abs} is already part of the difference storage`);

@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 import { BlksnapError } from '../errors.js';
 import { parseSize } from '../sizes.js';
 import { checkUnit } from '../engine/geometry.js';
+import { MAX_EVENT_BACKLOG, MIN_EVENT_BACKLOG } from '../engine/event-queue.js';
 
 export type OptionKind = 'flag' | 'size' | 'path' | 'uint' | 'level' | 'unit';
 
@@ -20,6 +21,9 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { name: 'diff_storage', kind: 'path', help: 'difference storage file; created and preallocated if missing (default: ORIGIN.diff for an image file, /var/tmp/blksnapfs-NAME.diff for a block device)' },
   { name: 'diff_size', kind: 'size', help: 'bytes to preallocate for the difference storage (default: 10% of the origin, at least 64M)' },
   { name: 'diff_threshold', kind: 'size', help: 'raise low-free-space when free space falls below this (default: half of diff_size, at most 512M)' },
+  { name: 'diff_limit', kind: 'size', help: 'let the daemon grow the difference storage by itself, up to this total size (default: no automatic growth)' },
+  { name: 'diff_grow', kind: 'size', help: 'step of automatic growth; needs diff_limit (default: diff_threshold)' },
+  { name: 'event_backlog', kind: 'uint', help: 'events kept for /events readers that fall behind or start late (default: 1024)' },
   { name: 'chunk_size', kind: 'unit', help: 'copy-on-write unit, a power of two >= 4K (default: 64K, larger for origins over 128G)' },
   { name: 'block_size', kind: 'unit', help: 'change-tracking block, a power of two >= 4K (default: 64K, larger for origins over 128G)' },
   { name: 'ro', kind: 'flag', help: 'the origin is read-only through the mount' },
@@ -44,6 +48,9 @@ export interface MountOptions {
   diffStorage?: string;
   diffSize?: number;
   diffThreshold?: number;
+  diffLimit?: number;
+  diffGrow?: number;
+  eventBacklog?: number;
   chunkSize?: number;
   blockSize?: number;
   readOnly: boolean;
@@ -81,6 +88,14 @@ export function applyOption(opts: MountOptions, name: string, value: string | un
     case 'diff_storage': opts.diffStorage = resolve(v); break;
     case 'diff_size': opts.diffSize = parseSize(v); break;
     case 'diff_threshold': opts.diffThreshold = parseSize(v); break;
+    case 'diff_limit': opts.diffLimit = parseSize(v); break;
+    case 'diff_grow': opts.diffGrow = parseSize(v); break;
+    case 'event_backlog': {
+      const n = /^\d+$/.test(v) ? Number(v) : NaN;
+      if (!(n >= MIN_EVENT_BACKLOG && n <= MAX_EVENT_BACKLOG)) bad(`event_backlog must be a whole number from ${MIN_EVENT_BACKLOG} to ${MAX_EVENT_BACKLOG}`);
+      opts.eventBacklog = n;
+      break;
+    }
     case 'chunk_size': opts.chunkSize = checkUnit('chunk_size', parseSize(v)); break;
     case 'block_size': opts.blockSize = checkUnit('block_size', parseSize(v)); break;
     case 'ro': opts.readOnly = true; break;
@@ -118,6 +133,9 @@ export function toOptionString(opts: MountOptions): string {
   if (opts.diffStorage !== undefined) out.push(`diff_storage=${esc(opts.diffStorage)}`);
   if (opts.diffSize !== undefined) out.push(`diff_size=${opts.diffSize}`);
   if (opts.diffThreshold !== undefined) out.push(`diff_threshold=${opts.diffThreshold}`);
+  if (opts.diffLimit !== undefined) out.push(`diff_limit=${opts.diffLimit}`);
+  if (opts.diffGrow !== undefined) out.push(`diff_grow=${opts.diffGrow}`);
+  if (opts.eventBacklog !== undefined) out.push(`event_backlog=${opts.eventBacklog}`);
   if (opts.chunkSize !== undefined) out.push(`chunk_size=${opts.chunkSize}`);
   if (opts.blockSize !== undefined) out.push(`block_size=${opts.blockSize}`);
   if (opts.readOnly) out.push('ro');

@@ -8,6 +8,9 @@
  * daemon must not grow without limit because nobody reads its events.)
  */
 export const EVENT_BACKLOG = 1024;
+/** Bounds for `-o event_backlog=N`. */
+export const MIN_EVENT_BACKLOG = 1;
+export const MAX_EVENT_BACKLOG = 1_000_000;
 
 export type EventType =
   | 'snapshot-taken' | 'snapshot-destroyed' | 'low-free-space' | 'corrupted'
@@ -34,6 +37,9 @@ export class EventQueue {
   onEvent: ((e: BlksnapEvent) => void) | null = null;
 
   constructor(readonly capacity = EVENT_BACKLOG) {
+    if (!Number.isSafeInteger(capacity) || capacity < MIN_EVENT_BACKLOG || capacity > MAX_EVENT_BACKLOG) {
+      throw new RangeError(`event backlog must be ${MIN_EVENT_BACKLOG}..${MAX_EVENT_BACKLOG}, not ${capacity}`);
+    }
     this.ring = new Array<BlksnapEvent | undefined>(capacity);
   }
 
@@ -72,8 +78,20 @@ export class EventQueue {
 }
 
 /**
+ * The line a follower gets in place of the events that left the ring before it read
+ * them: `count` of them, seqs `from_seq`..`to_seq`. It has no `seq` of its own (it is
+ * not an event of the mount, only news for this one reader); the next line carries
+ * seq `to_seq + 1`.
+ */
+export function formatEventsLost(fromSeq: number, toSeq: number): string {
+  return `${JSON.stringify({ type: 'events-lost', time: new Date().toISOString(), count: toSeq - fromSeq + 1, from_seq: fromSeq, to_seq: toSeq })}\n`;
+}
+
+/**
  * One follower's position in the stream. `take` returns the text of the events it has
- * not seen yet (starting with an `events-lost` line when it fell behind the ring).
+ * not seen yet (starting with one `events-lost` line when it fell behind the ring).
+ * The ring is only read synchronously here, so nothing can overwrite an entry between
+ * the check against `oldestSeq` and the read of it.
  */
 export class EventCursor {
   private next: number;
@@ -84,10 +102,10 @@ export class EventCursor {
 
   take(maxEvents = 256): string {
     let text = '';
-    if (this.next < this.queue.oldestSeq) {
-      const lost = this.queue.oldestSeq - this.next;
-      text += `${JSON.stringify({ type: 'events-lost', time: new Date().toISOString(), count: lost })}\n`;
-      this.next = this.queue.oldestSeq;
+    const oldest = this.queue.oldestSeq;
+    if (this.next < oldest) {
+      text += formatEventsLost(this.next, oldest - 1);
+      this.next = oldest;
     }
     for (let n = 0; n < maxEvents && this.next < this.queue.headSeq; n++) {
       const e = this.queue.get(this.next++);

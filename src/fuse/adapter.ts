@@ -43,7 +43,10 @@ export function createFuseOps({ tree, handles, log, onInit }: AdapterParts): Fus
     work().then(
       (n) => cb(n),
       (err: unknown) => {
-        log.debug({ op, err: err instanceof Error ? err.message : String(err) }, 'request failed');
+        // An /events read that waited for nothing answers EINTR every second: not news.
+        if (!(err instanceof BlksnapError) || err.code !== 'EINTR') {
+          log.debug({ op, err: err instanceof Error ? err.message : String(err) }, 'request failed');
+        }
         cb(toNegativeErrno(err));
       },
     );

@@ -14,37 +14,47 @@ const WAIT_MS = 1000;
 export class EventsFile implements FileView {
   private readonly cursor: EventCursor;
   private leftover: Buffer | null = null;
-  private cancelWait: (() => void) | null = null;
+  /** Waits in progress on this handle (normally at most one; two threads may share a descriptor). */
+  private readonly waits = new Set<() => void>();
+  private released = false;
 
   constructor(private readonly queue: EventQueue) {
     this.cursor = new EventCursor(queue);
   }
 
   async read(buf: Buffer, length: number): Promise<number> {
-    if (this.leftover === null || this.leftover.length === 0) {
-      if (!this.cursor.pending) await this.waitForEvent();
+    if (!this.hasLeftover && !this.cursor.pending && !this.released) await this.waitForEvent();
+    if (!this.hasLeftover) {
       const text = this.cursor.take();
       if (text.length === 0) throw BlksnapError.of('EINTR', 'no event yet');
       this.leftover = Buffer.from(text, 'utf8');
     }
-    const n = Math.min(length, this.leftover.length);
-    this.leftover.copy(buf, 0, 0, n);
-    this.leftover = this.leftover.subarray(n);
+    const leftover = this.leftover ?? Buffer.alloc(0);
+    const n = Math.min(length, leftover.length);
+    leftover.copy(buf, 0, 0, n);
+    this.leftover = leftover.subarray(n);
     return n;
   }
 
-  private async waitForEvent(): Promise<void> {
-    const { promise, cancel } = this.queue.waitForNext();
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, WAIT_MS)));
-    this.cancelWait = cancel;
-    try {
-      await Promise.race([promise, timeout]);
-    } finally {
-      clearTimeout(timer);
-      cancel();
-      this.cancelWait = null;
-    }
+  /** Text already taken from the queue but not yet read (a reader with a small buffer). */
+  private get hasLeftover(): boolean {
+    return this.leftover !== null && this.leftover.length > 0;
+  }
+
+  /** Resolves at the next event, after WAIT_MS, or at release, whichever comes first. */
+  private waitForEvent(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const next = this.queue.waitForNext();
+      const done = (): void => {
+        next.cancel();
+        clearTimeout(timer);
+        this.waits.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, WAIT_MS);
+      this.waits.add(done);
+      next.promise.then(done, done);
+    });
   }
 
   write(): Promise<number> {
@@ -54,6 +64,7 @@ export class EventsFile implements FileView {
   async fsync(): Promise<void> {}
 
   release(): void {
-    this.cancelWait?.();
+    this.released = true;
+    for (const done of [...this.waits]) done();
   }
 }
