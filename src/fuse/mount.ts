@@ -6,7 +6,7 @@
  * - direct_io: every read and write reaches the daemon. /events is a 0-byte stream that
  *   `cat` can only follow this way, images of a reused name can never be served from a
  *   stale page cache, and /origin behaves like a block device (no double caching under a
- *   loop device). The cost: no kernel page cache for repeated reads (see README).
+ *   loop device). The cost: no kernel page cache for repeated reads (see docs/events-and-storage.md).
  * - big_writes, max_write, max_read: 128 KiB requests instead of 4 KiB ones.
  * - entry_timeout=0, negative_timeout=0: a snapshot name removed and taken again is
  *   looked up afresh, never from a cached dentry.
