@@ -7,7 +7,7 @@
 import test from 'ava';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, MiB, loopDevice, makeImage, mountDevice, mountImage, must, readRange, run, scratchDir, type Mounted } from './helpers/fixture.js';
+import { CLI, MOUNT_HELPER, MiB, forceUnmount, isMounted, loopDevice, makeImage, mountDevice, mountImage, must, readRange, run, scratchDir, type Mounted } from './helpers/fixture.js';
 import { EventTail, control, sleep, spawnGroup } from './helpers/events.js';
 import { openEngine } from './helpers/engine-fixture.js';
 import { StorageGrowth } from '../src/storage/storage-growth.js';
@@ -265,4 +265,28 @@ test('bad storage-append requests get a clear errno each and change nothing', as
   t.deepEqual(s.files.map((f) => [f.path, f.size]), [[m.diff, 4 * MiB], [join(m.dir, 'more.diff'), 3 * MiB]]);
   t.is(s.size, 7 * MiB);
   t.is(tail.of('storage-appended').length, 1, 'only the good request raised an event');
+});
+
+test('growth and backlog options are checked at mount: one clear line, nothing left behind', async (t) => {
+  const dir = await scratchDir(t);
+  const origin = join(dir, 'disk.img');
+  await makeImage(origin, 16 * MiB, { sparse: true });
+  const mnt = join(dir, 'mnt');
+  await fsp.mkdir(mnt);
+  const cases: Array<[string, RegExp]> = [
+    ['diff_grow=4M', /diff_grow needs diff_limit/],
+    ['diff_size=8M,diff_limit=4M', /diff_limit \(4M\) is smaller than the difference storage \(8M\)/],
+    ['event_backlog=0', /event_backlog must be a whole number from 1/],
+    ['event_backlog=lots', /event_backlog must be a whole number/],
+    ['diff_limit=many', /bad size "many"/],
+  ];
+  for (const [options, message] of cases) {
+    const r = await run(process.execPath, [MOUNT_HELPER, origin, mnt, '-o', `diff_storage=${join(dir, 'd.diff')},${options}`]);
+    if (r.code === 0) await forceUnmount(mnt);
+    t.not(r.code, 0, options);
+    t.regex(r.stderr, message, options);
+    t.is(r.stderr.trim().split('\n').length, 1, `${options}: one line`);
+    t.deepEqual((await fsp.readdir(dir)).sort(), ['disk.img', 'mnt'], `${options}: nothing created`);
+    t.false(await isMounted(mnt));
+  }
 });
