@@ -82,7 +82,7 @@ test('`timeout 2 cat events` prints the backlog, then exits 124 promptly', async
   const elapsed = Date.now() - t0;
   t.is(r.code, 124, r.stderr);
   t.is(r.stderr, '');
-  t.true(elapsed >= 1900 && elapsed < 3500, `cat ran for ${elapsed} ms`);
+  t.true(elapsed >= 1900 && elapsed < 4000, `cat ran for ${elapsed} ms`); // 2 s + at most one 1 s wait
   const lines = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.like(lines[0], { seq: 1, type: 'snapshot-taken', snapshot: 'early' });
   t.is(lines.length, 1);
