@@ -11,16 +11,10 @@ import { CLI, MOUNT_HELPER, MiB, forceUnmount, isMounted, loopDevice, makeImage,
 import { EventTail, control, sleep, spawnGroup } from './helpers/events.js';
 import { openEngine } from './helpers/engine-fixture.js';
 import { StorageGrowth } from '../src/storage/storage-growth.js';
+import type { DiffStorageStats } from '../src/storage/diff-storage.js';
 
-interface StorageStatus {
-  files: Array<{ path: string; size: number; slots: number }>;
-  size: number;
-  used: number;
-  free: number;
-  threshold: number;
-  limit: number | null;
-  grow_step: number | null;
-}
+/** /status's diff_storage section: the storage's own stats, as JSON. */
+type StorageStatus = DiffStorageStats;
 
 async function storageStatus(m: Mounted): Promise<StorageStatus> {
   return (await m.status())['diff_storage'] as StorageStatus;
