@@ -26,9 +26,12 @@ import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
 import { silentLogger, type Logger } from './logger.js';
 import { SavedWindowCache } from './saved-window-cache.js';
+import { SavedReadAhead } from './saved-read-ahead.js';
 
 /** Largest piece of a saved chunk read in one O_DIRECT request. */
 const READ_WINDOW = 256 * 1024;
+/** Saved chunks read ahead of a sequential image reader (see SavedReadAhead). */
+const READ_AHEAD_BYTES = 2 * 1024 * 1024;
 /** Memory allowed for chunk copies in flight (bounds concurrent copy-on-write). */
 const COPY_POOL_BYTES = 64 * 1024 * 1024;
 
@@ -55,6 +58,9 @@ export class SnapshotEngine {
   private readonly copiesInFlight = new Map<number, Promise<void>>();
   private readonly copyPool: AlignedBufferPool;
   private readonly readPool: AlignedBufferPool;
+  private readonly readAhead: SavedReadAhead;
+  /** Where each snapshot's next sequential image read would start. */
+  private readonly nextImageRead = new WeakMap<Snapshot, number>();
   private readonly windowCache = new SavedWindowCache();
 
   /** Named snapshots. */
@@ -76,6 +82,7 @@ export class SnapshotEngine {
     this.copyPool = new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk))));
     const window = Math.min(chunk, READ_WINDOW);
     this.readPool = new AlignedBufferPool(window, 32);
+    this.readAhead = new SavedReadAhead(chunk, window, READ_AHEAD_BYTES);
     this.storage.onLowSpace = ({ freeBytes, requestedBytes }) => {
       this.events.emit('low-free-space', { free_bytes: freeBytes, requested_bytes: requestedBytes });
     };
@@ -159,6 +166,7 @@ export class SnapshotEngine {
       if (length < cs) buf.fill(0, length);
       slot = await this.storage.allocate(); // may wait for automatic growth
       this.windowCache.allocated(slot);
+      this.readAhead.forgetSlot(slot);
       await this.storage.writeChunk(slot, buf);
       this.copies.add(chunk, lo, hi, slot);
       // A snapshot released while we copied may have left this copy serving nobody.
@@ -279,6 +287,9 @@ export class SnapshotEngine {
       pieces.push(this.readImagePiece(snap, chunk, inChunk, n, buf, offset + done));
       done += n;
     }
+    // A sequential reader: start reading the saved chunks just past this request.
+    if (this.nextImageRead.get(snap) === position) this.readAheadImage(snap, Math.floor((position + length) / cs));
+    this.nextImageRead.set(snap, position + length);
     await Promise.all(pieces);
     // A copy that failed while we read means what we read may be newer than the snapshot.
     if (snap.corrupted) throw BlksnapError.of('EIO', `snapshot ${snap.name} is corrupted (${snap.error ?? 'EIO'})`);
@@ -304,6 +315,20 @@ export class SnapshotEngine {
     throw BlksnapError.of('EIO', `snapshot ${snap.name} lost chunk ${chunk}`);
   }
 
+  /** Queue reads of the saved windows of the chunks from `from` on (see SavedReadAhead). */
+  private readAheadImage(snap: Snapshot, from: number): void {
+    const ra = this.readAhead;
+    const chunks = Math.max(1, Math.floor(ra.capacity / ra.windowsPerChunk));
+    const to = Math.min(this.geometry.chunkCount - 1, from + chunks - 1);
+    for (let c = from; c <= to; c++) {
+      const slot = this.copies.lookup(c, snap.seq);
+      if (slot < 0) continue; // the origin's chunks have the kernel's read-ahead
+      for (let w = 0; w < ra.windowsPerChunk * ra.windowSize; w += ra.windowSize) {
+        if (!ra.has(slot, w)) ra.start(slot, w, (b) => this.storage.readChunkPart(slot, w, ra.windowSize, b));
+      }
+    }
+  }
+
   /**
    * O_DIRECT reads of the aligned windows around [inChunk, inChunk + length). A read
    * that needs only part of a window keeps the whole window in the cache for its
@@ -316,6 +341,12 @@ export class SnapshotEngine {
       const from = Math.max(inChunk, window);
       const to = Math.min(end, window + size);
       const partial = to - from < size;
+      const early = this.readAhead.has(slot, window) ? await this.readAhead.take(slot, window) : null;
+      if (early !== null) {
+        early.copy(buf, offset + (from - inChunk), from - window, to - window);
+        this.readAhead.done(early);
+        continue;
+      }
       const cached = partial ? this.windowCache.get(slot, window) : undefined;
       if (cached !== undefined) {
         cached.copy(buf, offset + (from - inChunk), from - window, to - window);
