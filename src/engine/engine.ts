@@ -315,18 +315,27 @@ export class SnapshotEngine {
     throw BlksnapError.of('EIO', `snapshot ${snap.name} lost chunk ${chunk}`);
   }
 
-  /** Queue reads of the saved windows of the chunks from `from` on (see SavedReadAhead). */
+  /**
+   * Queue reads of the saved windows of the chunks from `from` on (see SavedReadAhead),
+   * and hint the kernel about the origin's chunks in the same window.
+   */
   private readAheadImage(snap: Snapshot, from: number): void {
     const ra = this.readAhead;
     const chunks = Math.max(1, Math.floor(ra.capacity / ra.windowsPerChunk));
     const to = Math.min(this.geometry.chunkCount - 1, from + chunks - 1);
+    let originChunks = 0;
     for (let c = from; c <= to; c++) {
       const slot = this.copies.lookup(c, snap.seq);
-      if (slot < 0) continue; // the origin's chunks have the kernel's read-ahead
+      if (slot < 0) {
+        originChunks++;
+        continue;
+      }
       for (let w = 0; w < ra.windowsPerChunk * ra.windowSize; w += ra.windowSize) {
         if (!ra.has(slot, w)) ra.start(slot, w, (b) => this.storage.readChunkPart(slot, w, ra.windowSize, b));
       }
     }
+    // The kernel's own read-ahead loses track of a reader that skips the saved chunks.
+    if (originChunks > 0) this.origin.willNeed(from * this.geometry.chunkSize, (to - from + 1) * this.geometry.chunkSize);
   }
 
   /**

@@ -11,6 +11,7 @@ import { BlksnapError, asBlksnapError } from '../errors.js';
 import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
 import { readFully, writeFullySync } from './io.js';
 import { majorMinor } from './devnum.js';
+import { willNeed } from './readahead-hint.js';
 
 export type OriginKind = 'file' | 'block-device';
 
@@ -116,6 +117,14 @@ export class OriginDevice {
    */
   async write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     writeFullySync(this.file.fd, buf, offset, length, position);
+  }
+
+  /**
+   * Ask the kernel to start reading [offset, offset + length) into the page cache (for
+   * image readers that skip over saved chunks, a pattern its own read-ahead misses).
+   */
+  willNeed(offset: number, length: number): void {
+    willNeed(this.file.fd, offset, Math.max(0, Math.min(length, this.identity.size - offset)));
   }
 
   async flush(): Promise<void> {
