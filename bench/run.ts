@@ -19,7 +19,7 @@ import { makeConfig, PHASES, type Config, type Ctx, type Phase } from './lib/con
 import { Recorder } from './lib/results.js';
 import { evaluateTargets, renderTables, renderTargets } from './lib/report.js';
 import { ROOT } from './lib/blksnapfs.js';
-import { must, run } from './lib/proc.js';
+import { must, run, stopping } from './lib/proc.js';
 import { ensureTools, fio, GiB, MiB } from './lib/tools.js';
 import { failures } from './phases/common.js';
 import { seqRead, seqWrite } from './phases/sequential.js';
@@ -87,7 +87,6 @@ async function versionOf(cmd: string, args: string[]): Promise<string> {
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) throw new Error('the bench needs root (FUSE mounts, /proc/sys/vm/drop_caches)');
-  cleanup.installHandlers();
 
   const cfg: Config = {
     ...makeConfig(args.quick),
@@ -180,9 +179,12 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main().then(
+const mainDone = main();
+cleanup.installHandlers(() => mainDone);
+mainDone.then(
   (code) => process.exit(code),
   (err: unknown) => {
+    if (stopping.now) return; // the signal handler unwinds and exits
     process.stderr.write(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     void cleanup.runAll().finally(() => process.exit(1));
   },

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { alive, run, waitExit } from './proc.js';
+import { alive, run, stopping, StoppingError, waitExit } from './proc.js';
 import type { Cleanup } from './cleanup.js';
 
 export const ROOT = resolve(fileURLToPath(new URL('../../..', import.meta.url)));
@@ -53,6 +53,7 @@ export class Blksnapfs {
   }
 
   static async mount(spec: MountSpec, cleanup: Cleanup): Promise<Blksnapfs> {
+    if (stopping.now) throw new StoppingError();
     await fsp.mkdir(spec.mnt, { recursive: true });
     const child = spawn(process.execPath, [...(spec.nodeFlags ?? []), ENTRY, spec.origin, spec.mnt, spec.options], {
       detached: true,
@@ -110,11 +111,11 @@ export class Blksnapfs {
   /** `blksnapfs umount`; if that fails: fusermount, and as a last resort kill the daemon. */
   private async teardown(): Promise<void> {
     if (await isMounted(this.mnt)) {
-      const r = await run(process.execPath, [CLI, 'umount', this.mnt], { timeoutMs: 60_000 });
+      const r = await run(process.execPath, [CLI, 'umount', this.mnt], { timeoutMs: 60_000, teardown: true });
       if (r.code !== 0) {
         process.stderr.write(`bench: blksnapfs umount ${this.mnt}: ${r.stderr.trim()}\n`);
         for (let i = 0; i < 20 && (await isMounted(this.mnt)); i++) {
-          const f = await run('fusermount', ['-u', this.mnt]);
+          const f = await run('fusermount', ['-u', this.mnt], { teardown: true });
           if (f.code === 0) break;
           await new Promise((r2) => setTimeout(r2, 250));
         }
@@ -124,7 +125,7 @@ export class Blksnapfs {
       process.kill(this.pid, 'SIGKILL');
       await waitExit(this.pid, 5000);
     }
-    if (await isMounted(this.mnt)) await run('fusermount', ['-uz', this.mnt]);
+    if (await isMounted(this.mnt)) await run('fusermount', ['-uz', this.mnt], { teardown: true });
     await fsp.rmdir(this.mnt).catch(() => undefined);
   }
 }

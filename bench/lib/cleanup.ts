@@ -5,7 +5,7 @@
  * (SIGINT, SIGTERM, SIGHUP), after the tool children still running are killed so they
  * do not keep the mounts busy.
  */
-import { killRunning } from './proc.js';
+import { killRunning, stopping } from './proc.js';
 
 interface Entry {
   name: string;
@@ -45,20 +45,24 @@ export class Cleanup {
     return this.running;
   }
 
-  /** On a signal or a crash: unwind, then exit (a second Ctrl-C while unwinding is ignored). */
-  installHandlers(): void {
-    let stopping = false;
+  /**
+   * On a signal or a crash: stop starting anything, kill the tools that run, let the
+   * main flow fail out of what it was doing (it must not create resources behind the
+   * unwinding), unwind, exit. A second Ctrl-C while unwinding is ignored.
+   */
+  installHandlers(mainSettled: () => Promise<unknown>): void {
     const stop = (why: string, code: number): void => {
-      if (stopping) {
+      if (stopping.now) {
         process.stderr.write('bench: still cleaning up, please wait\n');
         return;
       }
-      stopping = true;
+      stopping.now = true;
       process.stderr.write(`\nbench: ${why}: cleaning up mounts and daemons...\n`);
-      this.runAll().then(
-        () => process.exit(code),
-        () => process.exit(code),
-      );
+      killRunning();
+      const settled = Promise.race([mainSettled().catch(() => undefined), new Promise((r) => setTimeout(r, 60_000))]);
+      void settled
+        .then(() => this.runAll())
+        .finally(() => process.exit(code));
     };
     process.on('SIGINT', () => stop('interrupted', 130));
     process.on('SIGTERM', () => stop('terminated', 143));

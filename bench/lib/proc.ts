@@ -17,12 +17,24 @@ export interface RunOptions {
   timeoutMs?: number;
   input?: string;
   env?: NodeJS.ProcessEnv;
+  /** Teardown commands (umount, fusermount) still run while the bench is stopping. */
+  teardown?: boolean;
 }
 
 const running = new Set<ChildProcess>();
 
+/** Set once the bench is stopping (Ctrl-C, SIGTERM): no new child is started after that. */
+export const stopping = { now: false };
+
+export class StoppingError extends Error {
+  constructor() {
+    super('the bench is stopping');
+  }
+}
+
 /** Run a command to completion; never throws for a non-zero exit. */
 export function run(cmd: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  if (stopping.now && options.teardown !== true) return Promise.reject(new StoppingError());
   return new Promise((resolve) => {
     const spawnOptions: SpawnOptions = { stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] };
     if (options.env !== undefined) spawnOptions.env = options.env;

@@ -24,7 +24,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient } from './qmp.js';
-import { alive, run, waitExit } from './proc.js';
+import { alive, run, stopping, StoppingError, waitExit } from './proc.js';
 import type { Cleanup } from './cleanup.js';
 
 export interface QsdOptions {
@@ -70,6 +70,7 @@ export class Qsd {
 
   /** Spawn a daemon with these extra arguments and connect to its QMP socket. */
   private async spawnDaemon(name: string, extra: readonly string[]): Promise<{ qmp: QmpClient; pid: number; undo: () => Promise<void> }> {
+    if (stopping.now) throw new StoppingError();
     const sock = join(this.opts.dir, `${this.tag}.${name}.qmp`);
     const log = join(this.opts.dir, `${this.tag}.log`);
     const logFd = openSync(log, 'a');
@@ -222,8 +223,8 @@ export class Qsd {
     const mounts = await fsp.readFile('/proc/self/mounts', 'utf8');
     for (const mp of this.mountpoints) {
       if (mounts.includes(` ${mp} `)) {
-        const r = await run('fusermount', ['-u', mp]);
-        if (r.code !== 0) await run('umount', ['-l', mp]);
+        const r = await run('fusermount', ['-u', mp], { teardown: true });
+        if (r.code !== 0) await run('umount', ['-l', mp], { teardown: true });
       }
     }
     for (const mp of this.mountpoints.splice(0)) await fsp.rm(mp, { force: true });

@@ -6,6 +6,7 @@
 import type { Ctx } from '../lib/context.js';
 import type { System } from '../lib/results.js';
 import { dropCaches } from '../lib/tools.js';
+import { stopping } from '../lib/proc.js';
 
 export const failures: string[] = [];
 
@@ -30,6 +31,7 @@ export async function session(ctx: Ctx, system: System, owes: readonly string[],
   try {
     await work(scope);
   } catch (err) {
+    if (stopping.now) throw err; // Ctrl-C: no n/a cells, just out
     const message = err instanceof Error ? err.message : String(err);
     ctx.log(`  ${system} failed: ${message}`);
     failures.push(`${system}: ${message}`);
