@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
-import { readFully, writeFullySync } from './io.js';
+import { readFully, writeFully } from './io.js';
 import { majorMinor } from './devnum.js';
 import { willNeed } from './readahead-hint.js';
 
@@ -107,16 +107,8 @@ export class OriginDevice {
     return readFully(this.file, buf, offset, length, position);
   }
 
-  /**
-   * Written synchronously: the origin is opened without O_DIRECT, so a write is a copy
-   * into the page cache, and FUSE hands the daemon an origin write stream one request at
-   * a time anyway (the kernel holds the inode lock across a direct_io write). Skipping
-   * the libuv thread-pool round trip measured +20-40% on writes (see bench/README.md).
-   * The cost: while the kernel throttles a writer for dirty pages, the event loop waits
-   * too. Reads stay asynchronous: a cold read waits for the disk.
-   */
-  async write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-    writeFullySync(this.file.fd, buf, offset, length, position);
+  write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    return writeFully(this.file, buf, offset, length, position);
   }
 
   /**
