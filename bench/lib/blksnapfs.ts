@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { alive, run, stopping, StoppingError, waitExit } from './proc.js';
+import { alive, run, stopping, StoppingError, waitExit, vmHWMKiB } from './proc.js';
 import type { Cleanup } from './cleanup.js';
 
 export const ROOT = resolve(fileURLToPath(new URL('../../..', import.meta.url)));
@@ -95,10 +95,8 @@ export class Blksnapfs {
   }
 
   /** Peak resident set of the daemon (VmHWM), KiB. */
-  async vmHWMKiB(): Promise<number> {
-    const text = await fsp.readFile(`/proc/${this.pid}/status`, 'utf8');
-    const m = /VmHWM:\s+(\d+) kB/.exec(text);
-    return m === null ? NaN : Number(m[1]);
+  vmHWMKiB(): Promise<number> {
+    return vmHWMKiB(this.pid);
   }
 
   /** Unmount and wait for the daemon (idempotent). */

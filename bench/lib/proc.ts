@@ -4,6 +4,7 @@
  * before the mounts they hold are taken down.
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
 
 export interface RunResult {
   code: number;
@@ -107,4 +108,11 @@ export async function waitExit(pid: number, timeoutMs: number): Promise<boolean>
     await sleep(50);
   }
   return !alive(pid);
+}
+
+/** Peak resident set (VmHWM) of a process, KiB; NaN when /proc does not say. */
+export async function vmHWMKiB(pid: number): Promise<number> {
+  const text = await fsp.readFile(`/proc/${pid}/status`, 'utf8');
+  const m = /VmHWM:\s+(\d+) kB/.exec(text);
+  return m === null ? NaN : Number(m[1]);
 }

@@ -24,7 +24,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient } from './qmp.js';
-import { alive, run, stopping, StoppingError, waitExit } from './proc.js';
+import { alive, run, stopping, StoppingError, waitExit, vmHWMKiB } from './proc.js';
 import type { Cleanup } from './cleanup.js';
 
 export interface QsdOptions {
@@ -205,10 +205,9 @@ export class Qsd {
     return [...this.fleeces];
   }
 
-  async vmHWMKiB(): Promise<number> {
-    const text = await fsp.readFile(`/proc/${this.pidValue}/status`, 'utf8');
-    const m = /VmHWM:\s+(\d+) kB/.exec(text);
-    return m === null ? NaN : Number(m[1]);
+  /** Peak resident set of the daemon (VmHWM), KiB. */
+  vmHWMKiB(): Promise<number> {
+    return vmHWMKiB(this.pidValue);
   }
 
   /** Quit the daemon and remove its exports and files. */
