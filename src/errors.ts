@@ -54,6 +54,14 @@ export function asBlksnapError(err: unknown, what: string): BlksnapError {
   return BlksnapError.of(code, `${what}: ${reason}`, err);
 }
 
+/** The errno name of a positive errno number (EIO when it is not one we name). */
+export function errnoNameOfNumber(errno: number): ErrnoName {
+  for (const [name, value] of Object.entries(errnoNumbers)) {
+    if (value === errno) return name as ErrnoName;
+  }
+  return 'EIO';
+}
+
 /** The positive errno number of an errno name. */
 export function errnoNumber(code: ErrnoName): number {
   return errnoNumbers[code] ?? 5;

@@ -395,10 +395,6 @@ export class SnapshotEngine {
     return this.copies.savedCopies;
   }
 
-  get liveSnapshots(): number {
-    return this.live.length;
-  }
-
   /** Wait for writes in flight, then stop. */
   async close(): Promise<void> {
     await this.barrier.quiesce(async () => {

@@ -38,8 +38,4 @@ export class PagedU32 {
       }
     }
   }
-
-  get pageCount(): number {
-    return this.pages.size;
-  }
 }

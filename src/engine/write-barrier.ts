@@ -45,8 +45,4 @@ export class WriteBarrier {
       open();
     }
   }
-
-  get writesInFlight(): number {
-    return this.inFlight;
-  }
 }

@@ -97,8 +97,4 @@ export class FuseMount {
     }
   }
 
-  /** Release fuse-native's side after the kernel mount is gone. */
-  detach(): void {
-    this.fuse.unmount(() => undefined);
-  }
 }

@@ -3,7 +3,7 @@
  * asked; a short count here is looped over, and a read that meets end-of-file early is
  * an error with a code, never silently fewer bytes.
  */
-import { promises as fsp, type promises } from 'node:fs';
+import type { promises } from 'node:fs';
 import { BlksnapError } from '../errors.js';
 
 type Handle = promises.FileHandle;
@@ -30,4 +30,3 @@ export async function writeFully(file: Handle, buf: Buffer, offset: number, leng
   }
 }
 
-export { fsp };

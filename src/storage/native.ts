@@ -5,7 +5,7 @@
  * address of a Buffer so we can hand O_DIRECT a properly aligned slice.
  */
 import koffi from 'koffi';
-import { BlksnapError, type ErrnoName } from '../errors.js';
+import { BlksnapError, errnoNameOfNumber } from '../errors.js';
 import { constants as osConstants } from 'node:os';
 
 const libc = koffi.load('libc.so.6');
@@ -20,16 +20,9 @@ const LOCK_NB = 4;
 const LOCK_UN = 8;
 const BLKGETSIZE64 = 0x80081272;
 
-function errnoName(errno: number): ErrnoName {
-  for (const [name, value] of Object.entries(osConstants.errno)) {
-    if (value === errno) return name as ErrnoName;
-  }
-  return 'EIO';
-}
-
 function fail(what: string): never {
   const errno = koffi.errno();
-  const code = errnoName(errno);
+  const code = errnoNameOfNumber(errno);
   throw BlksnapError.of(code, `${what}: ${code}`);
 }
 
@@ -48,7 +41,7 @@ export function fallocateAsync(fd: number, offset: number, length: number): Prom
       if (err !== null && err !== undefined) {
         reject(BlksnapError.of('EIO', `fallocate: ${err instanceof Error ? err.message : String(err)}`, err));
       } else if (result !== 0) {
-        const code = errnoName(result);
+        const code = errnoNameOfNumber(result);
         reject(BlksnapError.of(code, `fallocate: ${code}`));
       } else {
         resolve();

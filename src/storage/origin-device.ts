@@ -6,7 +6,6 @@
  */
 import { constants as fsc, promises as fsp, type Stats } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { basename } from 'node:path';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
 import { readFully, writeFully } from './io.js';
@@ -132,7 +131,4 @@ export class OriginDevice {
     }
   }
 
-  get name(): string {
-    return basename(this.identity.path);
-  }
 }

@@ -10,6 +10,3 @@ export function toNegativeErrno(err: unknown): number {
   return -errnoNumber(errnoNameOf(err));
 }
 
-export function fail(code: ConstructorParameters<typeof BlksnapError>[0], message: string): never {
-  throw BlksnapError.of(code, message);
-}
