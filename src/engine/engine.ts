@@ -275,7 +275,7 @@ export class SnapshotEngine {
   /** Read the image of `snap`: each chunk from its saved copy, or from the origin if untouched since. */
   async readImage(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     this.checkRange(position, length);
-    if (snap.corrupted) throw BlksnapError.of('EIO', `snapshot ${snap.name} is corrupted (${snap.error ?? 'EIO'})`);
+    this.checkNotCorrupted(snap);
     const cs = this.geometry.chunkSize;
     const pieces: Array<Promise<void>> = [];
     let done = 0;
@@ -292,6 +292,11 @@ export class SnapshotEngine {
     this.nextImageRead.set(snap, position + length);
     await Promise.all(pieces);
     // A copy that failed while we read means what we read may be newer than the snapshot.
+    this.checkNotCorrupted(snap);
+  }
+
+  /** Reads of a corrupted snapshot fail with EIO: its data may be newer than its point in time. */
+  private checkNotCorrupted(snap: Snapshot): void {
     if (snap.corrupted) throw BlksnapError.of('EIO', `snapshot ${snap.name} is corrupted (${snap.error ?? 'EIO'})`);
   }
 
