@@ -10,6 +10,7 @@ import { toNegativeErrno } from '../views/errno.js';
 import type { Logger } from '../engine/logger.js';
 import type { Cb, CbWith, FuseOps } from './fuse-native-binding.js';
 import { BlksnapError } from '../errors.js';
+import { ANONYMOUS } from '../views/file-view.js';
 
 export interface AdapterParts {
   tree: Tree;
@@ -67,8 +68,8 @@ export function createFuseOps({ tree, handles, log, onInit }: AdapterParts): Fus
     readdir: (path, cb) => answer('readdir', cb, () => ['.', '..', ...tree.readdir(path)]),
     open: (path, flags, cb) => answer('open', cb, () => handles.add(tree.open(path, flags))),
     release: (_path, fd, cb) => answer('release', cb, () => handles.remove(fd)),
-    read: (_path, fd, buf, len, pos, cb) => count('read', cb, () => handles.get(fd).read(buf, len, pos)),
-    write: (_path, fd, buf, len, pos, cb) => count('write', cb, () => handles.get(fd).write(buf, len, pos)),
+    read: (_path, fd, buf, len, pos, cb) => count('read', cb, () => handles.get(fd).read(buf, len, pos, ANONYMOUS)),
+    write: (_path, fd, buf, len, pos, cb) => count('write', cb, () => handles.get(fd).write(buf, len, pos, ANONYMOUS)),
     truncate: (path, size, cb) => answer('truncate', cb, () => tree.truncate(path, size)),
     ftruncate: (path, _fd, size, cb) => answer('ftruncate', cb, () => tree.truncate(path, size)),
     flush: (_path, _fd, cb) => cb(0),

@@ -5,10 +5,11 @@
  */
 import { BlksnapError } from '../errors.js';
 import { parseSize } from '../sizes.js';
-import type { FileView } from './file-view.js';
+import type { FileView, IoRequest, RequestContext } from './file-view.js';
 
 export interface ControlCommands {
-  storageAppend(path: string, size: number): Promise<void>;
+  /** `ctx` is the caller: only root may append storage (see the interface contract). */
+  storageAppend(path: string, size: number, ctx: RequestContext): Promise<void>;
   cbtDirty(offset: number, length: number): void;
 }
 
@@ -19,14 +20,14 @@ function parseInteger(what: string, text: string | undefined): number {
   return n;
 }
 
-export async function runControlLine(line: string, commands: ControlCommands): Promise<void> {
+export async function runControlLine(line: string, commands: ControlCommands, ctx: RequestContext): Promise<void> {
   const words = line.trim().split(/\s+/);
   const [verb, ...args] = words;
   switch (verb) {
     case 'storage-append': {
       const [path, size] = args;
       if (args.length !== 2 || path === undefined || size === undefined) throw BlksnapError.of('EINVAL', 'usage: storage-append PATH SIZE');
-      await commands.storageAppend(path, parseSize(size));
+      await commands.storageAppend(path, parseSize(size), ctx);
       return;
     }
     case 'cbt-dirty': {
@@ -46,10 +47,10 @@ export class ControlFile implements FileView {
     return Promise.reject(BlksnapError.of('EACCES', '/control is write-only'));
   }
 
-  async write(buf: Buffer, length: number): Promise<number> {
+  async write(buf: Buffer, length: number, _position: number, req: IoRequest): Promise<number> {
     const text = buf.toString('utf8', 0, length);
     for (const line of text.split('\n')) {
-      if (line.trim().length > 0) await runControlLine(line, this.commands);
+      if (line.trim().length > 0) await runControlLine(line, this.commands, req.ctx);
     }
     return length;
   }

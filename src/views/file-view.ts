@@ -3,11 +3,41 @@
  * reads, writes and the release go to it by handle, never by path, so a file whose
  * name has gone (rmdir of its snapshot) keeps working until it is closed.
  */
+
+/**
+ * Who is calling. The libfuse 3 transport fills it from the request; a transport that
+ * cannot tell (fuse-native) says `known: false`, and whatever needs to know the caller
+ * (root-only commands) must then refuse unless the mount's owner is root.
+ */
+export interface RequestContext {
+  readonly uid: number;
+  readonly gid: number;
+  readonly pid: number;
+  readonly known: boolean;
+}
+
+/** One read or write request as the views see it: its caller, and its interruption. */
+export interface IoRequest {
+  readonly ctx: RequestContext;
+  /**
+   * Call `listener` once if the caller gives up on the request (FUSE INTERRUPT: the
+   * process was killed or the call was interrupted). The request must still be
+   * answered; the listener only lets a long wait (an /events read) end at once.
+   */
+  onInterrupt(listener: () => void): void;
+}
+
+/** A request from nobody in particular (engine-side callers, tests, old transports). */
+export const ANONYMOUS: IoRequest = {
+  ctx: { uid: -1, gid: -1, pid: 0, known: false },
+  onInterrupt: () => undefined,
+};
+
 export interface FileView {
   /** Fill buf[0, length) from `position`; return how many bytes (0 at end of file). */
-  read(buf: Buffer, length: number, position: number): Promise<number>;
+  read(buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
   /** Write buf[0, length) at `position`; return how many bytes were written. */
-  write(buf: Buffer, length: number, position: number): Promise<number>;
+  write(buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
   fsync(): Promise<void>;
   release(): void;
 }
