@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pkg in libfuse2 fuse rsync e2fsprogs util-linux tar; do
+# libfuse3-dev (headers + libfuse3-3) for our addon; not Debian's fuse3, which would
+# replace fuse (libfuse 2's fusermount, which fuse-native needs). fio for the tests
+# that watch requests in flight.
+for pkg in libfuse2 fuse libfuse3-dev pkg-config build-essential fio rsync e2fsprogs util-linux tar; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
@@ -28,6 +31,7 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error
 fi
 node scripts/build-fuse-native.mjs
+node scripts/build-native.mjs
 npx tsc -p tsconfig.json
 
 # mount(8) runs /sbin/mount.TYPE for `mount -t blksnapfs`; point it at our helper.

@@ -1,0 +1,405 @@
+/*
+ * The N-API face of the transport: mount() starts a session and delivers requests to
+ * one JavaScript function in batches; the reply functions answer one request each,
+ * exactly once (a second answer returns false and sends nothing).
+ * The TypeScript side is src/fuse/libfuse3/addon.ts.
+ */
+#include "session.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define CHECK(call)                                                  \
+  do {                                                               \
+    if ((call) != napi_ok) {                                         \
+      napi_throw_error(env, NULL, "blksnapfs fuse3: " #call " failed"); \
+      return NULL;                                                   \
+    }                                                                \
+  } while (0)
+
+static napi_value js_bool(napi_env env, int v) {
+  napi_value r;
+  napi_get_boolean(env, v != 0, &r);
+  return r;
+}
+
+static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)data;
+  bs_session *s = context;
+  pthread_mutex_lock(&s->lock);
+  bs_msg *list = s->head;
+  s->head = s->tail = NULL;
+  s->signaled = 0;
+  pthread_mutex_unlock(&s->lock);
+  size_t n = 0;
+  for (bs_msg *m = list; m != NULL; m = m->next) n++;
+  if (env == NULL || n == 0) goto done;
+
+  napi_value ab, nums, extras, undef;
+  void *raw;
+  if (napi_create_arraybuffer(env, n * BS_FIELDS * sizeof(double), &raw, &ab) != napi_ok) goto done;
+  napi_create_typedarray(env, napi_float64_array, n * BS_FIELDS, ab, 0, &nums);
+  napi_create_array_with_length(env, n, &extras);
+  napi_get_undefined(env, &undef);
+  double *f = raw;
+  size_t i = 0;
+  for (bs_msg *m = list; m != NULL; m = m->next, i++) {
+    memcpy(f + i * BS_FIELDS, m->f, sizeof(m->f));
+    napi_value extra = NULL;
+    if (m->name != NULL) napi_create_string_utf8(env, m->name, NAPI_AUTO_LENGTH, &extra);
+    else if (m->data != NULL) napi_create_external_buffer(env, m->data_len, m->data, NULL, NULL, &extra);
+    if (extra != NULL) napi_set_element(env, extras, (uint32_t)i, extra);
+  }
+  napi_value argv[2] = {nums, extras};
+  napi_call_function(env, undef, js_cb, 2, argv, NULL);
+done:
+  while (list != NULL) {
+    bs_msg *m = list;
+    list = m->next;
+    free(m->name);
+    free(m);
+  }
+}
+
+static bs_session *session_arg(napi_env env, napi_value v) {
+  void *p = NULL;
+  if (napi_get_value_external(env, v, &p) != napi_ok || p == NULL) {
+    napi_throw_type_error(env, NULL, "not a blksnapfs fuse3 session");
+    return NULL;
+  }
+  return p;
+}
+
+static char *string_arg(napi_env env, napi_value v) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return NULL;
+  char *out = malloc(len + 1);
+  if (out == NULL) return NULL;
+  napi_get_value_string_utf8(env, v, out, len + 1, &len);
+  return out;
+}
+
+/* mount(mountpoint, args: string[], onBatch(nums, extras), readers) -> session */
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *mountpoint = string_arg(env, argv[0]);
+  uint32_t nargs = 0;
+  napi_get_array_length(env, argv[1], &nargs);
+  char **fargv = calloc(nargs + 2, sizeof(char *));
+  int fargc = 0;
+  fargv[fargc++] = strdup("blksnapfs");
+  for (uint32_t i = 0; i < nargs; i++) {
+    napi_value a;
+    napi_get_element(env, argv[1], i, &a);
+    fargv[fargc++] = string_arg(env, a);
+  }
+  int32_t readers = 1;
+  napi_get_value_int32(env, argv[3], &readers);
+  char err[256] = "";
+  /* fuse_session_new copies what it keeps of argv. */
+  bs_session *s = bs_session_create(mountpoint, fargc, fargv, readers, err, sizeof(err));
+  for (int i = 0; i < fargc; i++) free(fargv[i]);
+  free(fargv);
+  free(mountpoint);
+  if (s == NULL) {
+    napi_throw_error(env, "EIO", err);
+    return NULL;
+  }
+  napi_value name;
+  napi_create_string_utf8(env, "blksnapfs-fuse3", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, argv[2], NULL, name, 0, 1, NULL, NULL, s, call_js, &s->tsfn) != napi_ok ||
+      bs_session_start(s, env, argv[2], err, sizeof(err)) != 0) {
+    bs_session_close(s);
+    if (s->tsfn != NULL) napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+    napi_throw_error(env, "EIO", err[0] ? err : "cannot start the session");
+    return NULL;
+  }
+  napi_value ext;
+  CHECK(napi_create_external(env, s, NULL, NULL, &ext));
+  return ext;
+}
+
+static int get_ids(napi_env env, napi_callback_info info, size_t want, napi_value *argv, bs_session **s, bs_slot **slot) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) return -1;
+  *s = session_arg(env, argv[0]);
+  if (*s == NULL) return -1;
+  double id;
+  if (napi_get_value_double(env, argv[1], &id) != napi_ok) return -1;
+  *slot = bs_claim(*s, id);
+  return 0;
+}
+
+static double num_at(napi_env env, napi_value v) {
+  double d = 0;
+  napi_get_value_double(env, v, &d);
+  return d;
+}
+
+static void attr_from(napi_env env, napi_value arr, struct stat *st) {
+  void *data = NULL;
+  size_t len = 0;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t off;
+  memset(st, 0, sizeof(*st));
+  if (napi_get_typedarray_info(env, arr, &type, &len, &data, &ab, &off) != napi_ok || type != napi_float64_array || len < 11) return;
+  const double *a = data;
+  st->st_ino = (ino_t)a[0];
+  st->st_mode = (mode_t)a[1];
+  st->st_nlink = (nlink_t)a[2];
+  st->st_uid = (uid_t)a[3];
+  st->st_gid = (gid_t)a[4];
+  st->st_size = (off_t)a[5];
+  st->st_blocks = (blkcnt_t)a[6];
+  st->st_blksize = (blksize_t)a[7];
+  st->st_atim.tv_sec = (time_t)(a[8] / 1000);
+  st->st_mtim.tv_sec = (time_t)(a[9] / 1000);
+  st->st_ctim.tv_sec = (time_t)(a[10] / 1000);
+}
+
+/* replyErr(session, id, errno) */
+static napi_value js_reply_err(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 3, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  int32_t e = EIO;
+  napi_get_value_int32(env, argv[2], &e);
+  fuse_reply_err(slot->req, e);
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
+/* replyEntry(session, id, attr, entryTimeout, attrTimeout) */
+static napi_value js_reply_entry(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 5, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  struct fuse_entry_param e;
+  memset(&e, 0, sizeof(e));
+  attr_from(env, argv[2], &e.attr);
+  e.ino = e.attr.st_ino;
+  e.generation = 1;
+  e.entry_timeout = num_at(env, argv[3]);
+  e.attr_timeout = num_at(env, argv[4]);
+  fuse_reply_entry(slot->req, &e);
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
+/* replyAttr(session, id, attr, attrTimeout) */
+static napi_value js_reply_attr(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 4, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  struct stat st;
+  attr_from(env, argv[2], &st);
+  fuse_reply_attr(slot->req, &st, num_at(env, argv[3]));
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
+/* replyOpen(session, id, fh, flags: 1 direct_io, 2 keep_cache, 4 nonseekable) */
+static napi_value js_reply_open(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 4, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  struct fuse_file_info fi;
+  memset(&fi, 0, sizeof(fi));
+  fi.fh = (uint64_t)num_at(env, argv[2]);
+  int32_t flags = 0;
+  napi_get_value_int32(env, argv[3], &flags);
+  fi.direct_io = (flags & 1) != 0;
+  fi.keep_cache = (flags & 2) != 0;
+  fi.nonseekable = (flags & 4) != 0;
+  fuse_reply_open(slot->req, &fi);
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
+/* replyRead(session, id, bytes): the data is in the request's own buffer. */
+static napi_value js_reply_read(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 3, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  double n = num_at(env, argv[2]);
+  if (slot->rbuf == NULL || !(n >= 0) || n > (double)slot->rsize) {
+    fuse_reply_err(slot->req, EIO);
+    bs_release_slot(s, slot);
+    return js_bool(env, 1);
+  }
+  if (n >= BS_BIG_REPLY) {
+    bs_queue_big_reply(s, slot, (size_t)n);
+  } else {
+    fuse_reply_buf(slot->req, slot->rbuf->mem, (size_t)n);
+    bs_release_slot(s, slot);
+  }
+  return js_bool(env, 1);
+}
+
+/* replyWrite(session, id, bytes) */
+static napi_value js_reply_write(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 3, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  fuse_reply_write(slot->req, (size_t)num_at(env, argv[2]));
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
+/* replyStatfs(session, id, [bsize, frsize, blocks, bfree, bavail, files, ffree, namemax]) */
+static napi_value js_reply_statfs(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 3, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  double a[8] = {0};
+  for (uint32_t i = 0; i < 8; i++) {
+    napi_value v;
+    if (napi_get_element(env, argv[2], i, &v) == napi_ok) a[i] = num_at(env, v);
+  }
+  struct statvfs st;
+  memset(&st, 0, sizeof(st));
+  st.f_bsize = (unsigned long)a[0];
+  st.f_frsize = (unsigned long)a[1];
+  st.f_blocks = (fsblkcnt_t)a[2];
+  st.f_bfree = (fsblkcnt_t)a[3];
+  st.f_bavail = (fsblkcnt_t)a[4];
+  st.f_files = (fsfilcnt_t)a[5];
+  st.f_ffree = (fsfilcnt_t)a[6];
+  st.f_namemax = (unsigned long)a[7];
+  fuse_reply_statfs(slot->req, &st);
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
+/* replyDir(session, id, names: string[], inos: number[], modes: number[], first: number):
+ * entries from index `first` on, as many as fit the kernel's buffer; each entry's
+ * offset is its index + 1, so the next readdir asks for the rest. */
+static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 6, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  uint32_t count = 0;
+  napi_get_array_length(env, argv[2], &count);
+  size_t cap = slot->rsize;
+  char *buf = malloc(cap > 0 ? cap : 1);
+  if (buf == NULL) {
+    fuse_reply_err(slot->req, ENOMEM);
+    bs_release_slot(s, slot);
+    return js_bool(env, 1);
+  }
+  size_t used = 0;
+  uint32_t first = (uint32_t)num_at(env, argv[5]);
+  for (uint32_t i = first; i < count; i++) {
+    napi_value nv, iv, mv;
+    napi_get_element(env, argv[2], i, &nv);
+    napi_get_element(env, argv[3], i, &iv);
+    napi_get_element(env, argv[4], i, &mv);
+    char name[512];
+    size_t nlen = 0;
+    if (napi_get_value_string_utf8(env, nv, name, sizeof(name), &nlen) != napi_ok) continue;
+    struct stat st;
+    memset(&st, 0, sizeof(st));
+    st.st_ino = (ino_t)num_at(env, iv);
+    st.st_mode = (mode_t)num_at(env, mv);
+    size_t need = fuse_add_direntry(slot->req, NULL, 0, name, NULL, 0);
+    if (used + need > cap) break;
+    fuse_add_direntry(slot->req, buf + used, cap - used, name, &st, (off_t)i + 1);
+    used += need;
+  }
+  fuse_reply_buf(slot->req, buf, used);
+  free(buf);
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
+/* unmount(session, lazy) -> 0 or errno */
+static napi_value js_unmount(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bs_session *s = session_arg(env, argv[0]);
+  if (s == NULL) return NULL;
+  bool lazy = false;
+  napi_get_value_bool(env, argv[1], &lazy);
+  napi_value r;
+  napi_create_int32(env, s->closed ? 0 : bs_session_unmount(s, lazy), &r);
+  return r;
+}
+
+/* close(session): after the session has ended; tears down threads and the session. */
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bs_session *s = session_arg(env, argv[0]);
+  if (s == NULL) return NULL;
+  if (!s->closed) {
+    bs_session_close(s);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+  }
+  return NULL;
+}
+
+/* stats(session, resetMax) -> [requests, inFlight, maxInFlight] */
+static napi_value js_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bs_session *s = session_arg(env, argv[0]);
+  if (s == NULL) return NULL;
+  bool reset = false;
+  if (argc > 1) napi_get_value_bool(env, argv[1], &reset);
+  pthread_mutex_lock(&s->lock);
+  double v[3] = {(double)s->requests, s->in_flight, s->max_in_flight};
+  if (reset) s->max_in_flight = s->in_flight;
+  pthread_mutex_unlock(&s->lock);
+  napi_value arr;
+  napi_create_array_with_length(env, 3, &arr);
+  for (uint32_t i = 0; i < 3; i++) {
+    napi_value x;
+    napi_create_double(env, v[i], &x);
+    napi_set_element(env, arr, i, x);
+  }
+  return arr;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL},
+    {"replyErr", NULL, js_reply_err, NULL, NULL, NULL, napi_default, NULL},
+    {"replyEntry", NULL, js_reply_entry, NULL, NULL, NULL, napi_default, NULL},
+    {"replyAttr", NULL, js_reply_attr, NULL, NULL, NULL, napi_default, NULL},
+    {"replyOpen", NULL, js_reply_open, NULL, NULL, NULL, napi_default, NULL},
+    {"replyRead", NULL, js_reply_read, NULL, NULL, NULL, napi_default, NULL},
+    {"replyWrite", NULL, js_reply_write, NULL, NULL, NULL, napi_default, NULL},
+    {"replyStatfs", NULL, js_reply_statfs, NULL, NULL, NULL, napi_default, NULL},
+    {"replyDir", NULL, js_reply_dir, NULL, NULL, NULL, napi_default, NULL},
+    {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL},
+    {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
+    {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

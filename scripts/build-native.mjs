@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+// Builds our libfuse 3 addon (native/fuse3, binding.gyp) with node-gyp against the
+// system's libfuse 3 headers (Debian: libfuse3-dev) and Node's own headers. Skips the
+// build when build/Release/blksnapfs_fuse3.node is newer than every source, so
+// `npm test` and `npm run demo` stay quick on a machine that is set up.
+// BLKSNAPFS_NATIVE_CFLAGS adds compiler flags (e.g. -fsanitize=address,undefined).
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const output = join(root, 'build', 'Release', 'blksnapfs_fuse3.node');
+const sources = [join(root, 'binding.gyp'), ...readdirSync(join(root, 'native', 'fuse3')).map((f) => join(root, 'native', 'fuse3', f))];
+const extra = process.env.BLKSNAPFS_NATIVE_CFLAGS ?? '';
+const stamp = join(root, 'build', 'cflags.stamp');
+
+const newest = Math.max(...sources.map((s) => statSync(s).mtimeMs));
+const sameFlags = existsSync(stamp) ? execFileSync('cat', [stamp]).toString() === extra : extra === '';
+if (existsSync(output) && statSync(output).mtimeMs > newest && sameFlags) process.exit(0);
+
+const nodeGyp = process.env.npm_config_node_gyp || join(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
+const gypArgs = existsSync('/usr/include/node/node_api.h') ? ['--nodedir=/usr'] : [];
+try {
+  execFileSync(process.execPath, [nodeGyp, 'rebuild', '--loglevel=error', ...gypArgs], {
+    cwd: root,
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, CFLAGS: `${process.env.CFLAGS ?? ''} ${extra}`.trim(), LDFLAGS: `${process.env.LDFLAGS ?? ''} ${extra}`.trim() },
+  });
+} catch {
+  console.error('build-native: node-gyp failed; are libfuse3-dev, pkg-config and a C compiler installed (npm run setup installs them)?');
+  process.exit(1);
+}
+execFileSync('sh', ['-c', `printf %s "$1" > "$2"`, 'sh', extra, stamp]);
+console.log(`build-native: built the libfuse 3 addon${extra ? ` (${extra})` : ''}`);
