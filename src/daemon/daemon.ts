@@ -22,11 +22,12 @@ import { DiffStorageFile } from '../storage/diff-storage-file.js';
 import { checkStoragePath } from '../storage/storage-path-policy.js';
 import { alignUp } from '../storage/aligned.js';
 import { formatSize } from '../sizes.js';
-import { Tree } from '../views/tree.js';
-import { HandleTable } from '../views/handles.js';
-import { createFuseOps } from '../fuse/adapter.js';
-import { FuseMount, isMounted } from '../fuse/mount.js';
+import { MountTree } from '../views/tree.js';
+import { transportByName } from '../fuse/transports.js';
+import type { FuseSession } from '../fuse/transport.js';
+import { isMounted } from '../fuse/mountinfo.js';
 import type { MountOptions } from './options.js';
+import { openOriginWhenFree } from './origin-wait.js';
 
 const MIN_DEFAULT_DIFF = 64 * 2 ** 20;
 const MAX_DEFAULT_THRESHOLD = 512 * 2 ** 20;
@@ -37,15 +38,21 @@ export function defaultDiffStoragePath(origin: OriginDevice): string {
     : `/var/tmp/blksnapfs-${basename(origin.identity.path)}.diff`;
 }
 
-async function checkMountpoint(mountpoint: string): Promise<void> {
-  let st;
+/**
+ * The mount point as the kernel will name it (symlinks resolved: mountinfo shows the
+ * real path), checked to be a directory that is not a mount point already.
+ */
+async function realMountpoint(mountpoint: string): Promise<string> {
+  let real: string;
   try {
-    st = await fsp.stat(mountpoint);
+    real = await fsp.realpath(mountpoint);
   } catch (err) {
     throw asBlksnapError(err, `mount point ${mountpoint}`);
   }
+  const st = await fsp.stat(real);
   if (!st.isDirectory()) throw BlksnapError.of('ENOTDIR', `mount point ${mountpoint} is not a directory`);
-  if (await isMounted(mountpoint)) throw BlksnapError.of('EBUSY', `mount point ${mountpoint} is already a mount point`);
+  if (await isMounted(real)) throw BlksnapError.of('EBUSY', `mount point ${mountpoint} is already a mount point`);
+  return real;
 }
 
 export class Daemon {
@@ -53,20 +60,19 @@ export class Daemon {
 
   private constructor(
     readonly engine: SnapshotEngine,
-    readonly fuse: FuseMount,
-    private readonly handles: HandleTable,
+    readonly session: FuseSession,
+    private readonly tree: MountTree,
     private readonly log: PinoLogger,
   ) {}
 
   static async start(originPath: string, mountpointArg: string, opts: MountOptions, log: PinoLogger): Promise<Daemon> {
-    const mountpoint = resolve(mountpointArg);
+    const mountpoint = await realMountpoint(resolve(mountpointArg));
     if (opts.diffGrow !== undefined && opts.diffLimit === undefined) {
       throw BlksnapError.of('EINVAL', 'diff_grow needs diff_limit (the size automatic growth may reach)');
     }
-    const origin = await OriginDevice.open(resolve(originPath), { readOnly: opts.readOnly });
+    const origin = await openOriginWhenFree(resolve(originPath), { readOnly: opts.readOnly });
     let storageFile: DiffStorageFile | null = null;
     try {
-      await checkMountpoint(mountpoint);
       const geometry = deriveGeometry(origin.size, opts.chunkSize, opts.blockSize);
       const storagePath = opts.diffStorage ?? defaultDiffStoragePath(origin);
       await checkStoragePath(storagePath, mountpoint, origin.identity);
@@ -93,14 +99,17 @@ export class Daemon {
       }
       const tracker = new ChangeTracker(geometry.blockSize, geometry.blockCount);
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
-      const handles = new HandleTable();
-      const tree = new Tree({
+      let session: FuseSession | null = null;
+      const tree = new MountTree({
         engine,
-        facts: { mountpoint, pid: process.pid, mountedAt: new Date(), readOnly: opts.readOnly },
+        facts: {
+          mountpoint, pid: process.pid, mountedAt: new Date(), readOnly: opts.readOnly,
+          transport: () => session?.stats() ?? null,
+        },
         uid: opts.uid ?? process.getuid?.() ?? 0,
         gid: opts.gid ?? process.getgid?.() ?? 0,
         commands: {
-          storageAppend: (path, size) => Daemon.appendStorage(engine, mountpoint, path, size).catch((err: unknown) => {
+          storageAppend: (path, size, _ctx) => Daemon.appendStorage(engine, mountpoint, path, size).catch((err: unknown) => {
             // The writer of /control sees only the errno; the reason goes to the log.
             log.warn({ path, size, err: err instanceof Error ? err.message : String(err) }, 'storage-append refused');
             throw err;
@@ -108,16 +117,13 @@ export class Daemon {
           cbtDirty: (offset, length) => engine.markDirty(offset, length),
         },
       });
-      const ops = createFuseOps({ tree, handles, log });
-      const fuse = await FuseMount.mount(mountpoint, ops, {
+      session = await transportByName(opts.transport).mount(tree, {
+        mountpoint,
         fsname: origin.identity.path,
         allowOther: opts.allowOther,
-        defaultPermissions: opts.defaultPermissions,
-        ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
-        ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
-      });
-      log.info({ origin: origin.identity, mountpoint, geometry, diff_storage: storage.stats() }, 'mounted');
-      return new Daemon(engine, fuse, handles, log);
+      }, log);
+      log.info({ origin: origin.identity, mountpoint, geometry, diff_storage: storage.stats(), transport: opts.transport }, 'mounted');
+      return new Daemon(engine, session, tree, log);
     } catch (err) {
       if (storageFile !== null) await storageFile.close().catch(() => undefined);
       await origin.close().catch(() => undefined);
@@ -140,20 +146,25 @@ export class Daemon {
     engine.events.emit('storage-appended', { path: abs, bytes: file.size });
   }
 
-  /** Serve until the mount goes away (umount, fusermount -u), then close everything. */
+  /**
+   * Serve until the FUSE session ends (umount, fusermount -u, or umount -l and the last
+   * open file closed), then close everything and stop the transport. The daemon never
+   * decides to stop by looking at paths.
+   */
   async run(): Promise<void> {
-    await this.fuse.whenUnmounted();
+    await this.session.ended;
     await this.stop();
+    await this.session.close();
   }
 
-  /** Unmount if still mounted, then close. EBUSY (in use) leaves everything running. */
+  /** umount(2): the session then ends and run() closes. EBUSY (in use) leaves everything running. */
   async requestUnmount(): Promise<void> {
-    await this.fuse.unmount();
+    await this.session.unmount();
   }
 
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      this.log.info({ open_files: this.handles.size }, 'unmounted; closing');
+      this.log.info({ open_files: this.tree.handles.size }, 'unmounted; closing');
       await this.engine.close();
       this.log.info({}, 'closed');
     })();

@@ -6,6 +6,8 @@ import { emptyOptions, parseOptionString } from './options.js';
 import { runForeground } from './launch.js';
 
 const [origin, mountpoint, optionString] = process.argv.slice(2);
+// Started with cwd '/' by launch.ts; make sure of it (the daemon must not hold the caller's directory).
+process.chdir('/');
 const opts = emptyOptions();
 parseOptionString(opts, optionString ?? '');
 

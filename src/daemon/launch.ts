@@ -6,6 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 import { createLogger } from './logger.js';
 import { Daemon } from './daemon.js';
 import { toOptionString, type MountOptions } from './options.js';
@@ -41,7 +42,9 @@ export async function runForeground(origin: string, mountpoint: string, opts: Mo
 
 export function runBackground(origin: string, mountpoint: string, opts: MountOptions): Promise<number> {
   return new Promise((resolveExit) => {
-    const child = spawn(process.execPath, [entry, origin, mountpoint, toOptionString(opts)], {
+    // The daemon runs in / (it must not keep the caller's directory busy): paths are made absolute here.
+    const child = spawn(process.execPath, [entry, resolve(origin), resolve(mountpoint), toOptionString(opts)], {
+      cwd: '/',
       detached: true,
       stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
     });

@@ -8,8 +8,9 @@ import { BlksnapError } from '../errors.js';
 import { parseSize } from '../sizes.js';
 import { checkUnit } from '../engine/geometry.js';
 import { MAX_EVENT_BACKLOG, MIN_EVENT_BACKLOG } from '../engine/event-queue.js';
+import { TRANSPORTS, type TransportName } from '../fuse/transport.js';
 
-export type OptionKind = 'flag' | 'size' | 'path' | 'uint' | 'level' | 'unit';
+export type OptionKind = 'flag' | 'size' | 'path' | 'uint' | 'level' | 'unit' | 'transport';
 
 export interface OptionSpec {
   name: string;
@@ -27,10 +28,11 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { name: 'chunk_size', kind: 'unit', help: 'copy-on-write unit, a power of two >= 4K (default: 64K, larger for origins over 128G)' },
   { name: 'block_size', kind: 'unit', help: 'change-tracking block, a power of two >= 4K (default: 64K, larger for origins over 128G)' },
   { name: 'ro', kind: 'flag', help: 'the origin is read-only through the mount' },
-  { name: 'allow_other', kind: 'flag', help: 'let other users use the mount (implies default_permissions)' },
-  { name: 'default_permissions', kind: 'flag', help: 'let the kernel check file modes' },
+  { name: 'allow_other', kind: 'flag', help: 'let other users use the mount, as the modes allow (the kernel always checks them)' },
+  { name: 'default_permissions', kind: 'flag', help: 'accepted for compatibility: the kernel always checks file modes' },
   { name: 'uid', kind: 'uint', help: 'owner of the files in the mount' },
   { name: 'gid', kind: 'uint', help: 'group of the files in the mount' },
+  { name: 'transport', kind: 'transport', help: 'the FUSE binding: libfuse3 (asynchronous, the default) or fuse-native (libfuse 2, compatibility)' },
   { name: 'foreground', kind: 'flag', help: 'stay in the foreground and log to stderr' },
   { name: 'log', kind: 'path', help: 'append pino JSON logs to this file' },
   { name: 'log_level', kind: 'level', help: 'fatal, error, warn, info, debug or trace (default: info)' },
@@ -58,13 +60,14 @@ export interface MountOptions {
   defaultPermissions: boolean;
   uid?: number;
   gid?: number;
+  transport: TransportName;
   foreground: boolean;
   log?: string;
   logLevel: string;
 }
 
 export function emptyOptions(): MountOptions {
-  return { readOnly: false, allowOther: false, defaultPermissions: false, foreground: false, logLevel: 'info' };
+  return { readOnly: false, allowOther: false, defaultPermissions: false, transport: 'libfuse3', foreground: false, logLevel: 'info' };
 }
 
 function bad(message: string): never {
@@ -107,6 +110,12 @@ export function applyOption(opts: MountOptions, name: string, value: string | un
       opts[name] = Number(v);
       break;
     }
+    case 'transport': {
+      const t = TRANSPORTS.find((name) => name === v);
+      if (t === undefined) bad(`transport must be one of ${TRANSPORTS.join(', ')}`);
+      opts.transport = t;
+      break;
+    }
     case 'foreground': opts.foreground = true; break;
     case 'log': opts.log = resolve(v); break;
     case 'log_level':
@@ -143,6 +152,7 @@ export function toOptionString(opts: MountOptions): string {
   if (opts.defaultPermissions) out.push('default_permissions');
   if (opts.uid !== undefined) out.push(`uid=${opts.uid}`);
   if (opts.gid !== undefined) out.push(`gid=${opts.gid}`);
+  out.push(`transport=${opts.transport}`);
   if (opts.foreground) out.push('foreground');
   if (opts.log !== undefined) out.push(`log=${esc(opts.log)}`);
   out.push(`log_level=${opts.logLevel}`);

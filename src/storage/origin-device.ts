@@ -25,6 +25,10 @@ export interface OriginIdentity {
   rdev: string | null;
   /** For a block device: the kernel's disk sequence number, where it has one. */
   diskseq: number | null;
+  /** Permission bits of the origin's inode: the mount never grants more than these. */
+  mode: number;
+  uid: number;
+  gid: number;
 }
 
 async function readDiskseq(rdev: string): Promise<number | null> {
@@ -37,7 +41,15 @@ async function readDiskseq(rdev: string): Promise<number | null> {
   }
 }
 
+/** The cause of the EBUSY when another blksnapfs daemon holds the origin's lock. */
+const LOCKED = Symbol('origin locked by blksnapfs');
+
 export class OriginDevice {
+  /** Is `err` the refusal because another blksnapfs daemon holds the origin? */
+  static isLockedByBlksnapfs(err: BlksnapError): boolean {
+    return err.cause === LOCKED;
+  }
+
   readonly identity: OriginIdentity;
   readonly readOnly: boolean;
   private readonly file: fsp.FileHandle;
@@ -79,9 +91,7 @@ export class OriginDevice {
       throw e;
     }
     try {
-      if (!tryLockExclusive(file.fd)) {
-        throw BlksnapError.of('EBUSY', `origin ${path} is already mounted by another blksnapfs`);
-      }
+      if (!tryLockExclusive(file.fd)) throw new BlksnapError('EBUSY', `origin ${path} is already mounted by another blksnapfs`, { cause: LOCKED });
       const fst = await file.stat();
       const size = kind === 'block-device' ? blockDeviceSize(file.fd) : fst.size;
       if (size === 0) throw BlksnapError.of('EINVAL', `origin ${path} is empty`);
@@ -94,6 +104,9 @@ export class OriginDevice {
         ino: fst.ino,
         rdev,
         diskseq: rdev === null ? null : await readDiskseq(rdev),
+        mode: fst.mode & 0o7777,
+        uid: fst.uid,
+        gid: fst.gid,
       };
       return new OriginDevice(file, identity, options.readOnly);
     } catch (err) {

@@ -1,13 +1,15 @@
 /**
  * /events: a stream. A read returns the events this reader has not seen yet; when there
- * are none it waits for the next one. A wait is answered with EINTR after about a
- * second, because a reader that was killed while its read was pending stays stuck in
- * the kernel until the daemon answers (cat, dd, shells and Python retry EINTR, so a
- * live reader does not notice). Waiting ties up nothing but that one request.
+ * are none it waits for the next one, or until the kernel interrupts the request (the
+ * reader was killed or its call interrupted): then it answers EINTR at once. Under a
+ * transport that cannot pass interrupts on (fuse-native), a wait is answered with
+ * EINTR after about a second instead, because a killed reader stays stuck in the kernel
+ * until the daemon answers (cat, dd, shells and Python retry EINTR, so a live reader
+ * does not notice). Waiting ties up nothing but that one request.
  */
 import { EventCursor, type EventQueue } from '../engine/event-queue.js';
 import { BlksnapError } from '../errors.js';
-import type { FileView } from './file-view.js';
+import type { FileView, IoRequest } from './file-view.js';
 
 const WAIT_MS = 1000;
 
@@ -22,8 +24,8 @@ export class EventsFile implements FileView {
     this.cursor = new EventCursor(queue);
   }
 
-  async read(buf: Buffer, length: number): Promise<number> {
-    if (!this.hasLeftover && !this.cursor.pending && !this.released) await this.waitForEvent();
+  async read(buf: Buffer, length: number, _position: number, req: IoRequest): Promise<number> {
+    if (!this.hasLeftover && !this.cursor.pending && !this.released) await this.waitForEvent(req);
     if (!this.hasLeftover) {
       const text = this.cursor.take();
       if (text.length === 0) throw BlksnapError.of('EINTR', 'no event yet');
@@ -41,18 +43,19 @@ export class EventsFile implements FileView {
     return this.leftover !== null && this.leftover.length > 0;
   }
 
-  /** Resolves at the next event, after WAIT_MS, or at release, whichever comes first. */
-  private waitForEvent(): Promise<void> {
+  /** Resolves at the next event, at an interrupt (or after WAIT_MS without them), or at release. */
+  private waitForEvent(req: IoRequest): Promise<void> {
     return new Promise<void>((resolve) => {
       const next = this.queue.waitForNext();
       const done = (): void => {
         next.cancel();
-        clearTimeout(timer);
+        if (timer !== null) clearTimeout(timer);
         this.waits.delete(done);
         resolve();
       };
-      const timer = setTimeout(done, WAIT_MS);
+      const timer = req.interruptible ? null : setTimeout(done, WAIT_MS);
       this.waits.add(done);
+      req.onInterrupt(done);
       next.promise.then(done, done);
     });
   }

@@ -25,12 +25,15 @@ export interface IoRequest {
    * answered; the listener only lets a long wait (an /events read) end at once.
    */
   onInterrupt(listener: () => void): void;
+  /** Whether onInterrupt ever fires on this transport (fuse-native cannot tell). */
+  readonly interruptible: boolean;
 }
 
 /** A request from nobody in particular (engine-side callers, tests, old transports). */
 export const ANONYMOUS: IoRequest = {
   ctx: { uid: -1, gid: -1, pid: 0, known: false },
   onInterrupt: () => undefined,
+  interruptible: false,
 };
 
 export interface FileView {
@@ -38,6 +41,8 @@ export interface FileView {
   read(buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
   /** Write buf[0, length) at `position`; return how many bytes were written. */
   write(buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
+  /** close(2) of a descriptor of this open file; its errors reach the caller of close. */
+  flush?(req: IoRequest): Promise<void>;
   fsync(): Promise<void>;
   release(): void;
 }

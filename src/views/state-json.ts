@@ -10,6 +10,8 @@ export interface MountFacts {
   pid: number;
   mountedAt: Date;
   readOnly: boolean;
+  /** Which FUSE binding serves the mount, and its request counters (null before it is up). */
+  transport: () => object | null;
 }
 
 export function snapshotInfo(engine: SnapshotEngine, snap: Snapshot): object {
@@ -36,6 +38,7 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
     pid: facts.pid,
     mounted_at: facts.mountedAt.toISOString(),
     read_only: facts.readOnly,
+    transport: facts.transport(),
     origin: {
       path: id.path,
       kind: id.kind,
@@ -44,6 +47,9 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
       ino: id.ino,
       rdev: id.rdev,
       diskseq: id.diskseq,
+      mode: `0${id.mode.toString(8)}`,
+      uid: id.uid,
+      gid: id.gid,
     },
     chunk_size: engine.geometry.chunkSize,
     chunk_count: engine.geometry.chunkCount,

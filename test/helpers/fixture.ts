@@ -137,6 +137,15 @@ export interface MountSpec {
   origin?: string;
 }
 
+/**
+ * The transport mountImage asks for when the spec names none: the default (libfuse3),
+ * or what a compatibility run sets (test/compat-fuse-native.test.ts).
+ */
+let testTransport: 'libfuse3' | 'fuse-native' | null = null;
+export function setTestTransport(name: 'libfuse3' | 'fuse-native'): void {
+  testTransport = name;
+}
+
 /** Make an origin image, mount it, and register the unmount. */
 export async function mountImage(t: ExecutionContext, spec: MountSpec = {}): Promise<Mounted> {
   const dir = await scratchDir(t);
@@ -146,7 +155,8 @@ export async function mountImage(t: ExecutionContext, spec: MountSpec = {}): Pro
   const diff = join(dir, 'disk.diff');
   const log = join(dir, 'daemon.log');
   await fsp.mkdir(mnt);
-  const options = [`diff_storage=${diff}`, `log=${log}`, 'log_level=debug', spec.options ?? 'diff_size=64M'].filter((s) => s.length > 0).join(',');
+  const transport = testTransport !== null && !(spec.options ?? '').includes('transport=') ? `transport=${testTransport}` : '';
+  const options = [`diff_storage=${diff}`, `log=${log}`, 'log_level=debug', spec.options ?? 'diff_size=64M', transport].filter((s) => s.length > 0).join(',');
   t.teardown(() => forceUnmount(mnt));
   const r = await run(process.execPath, [MOUNT_HELPER, origin, mnt, '-o', options]);
   if (r.code !== 0) throw new Error(`mount failed (${r.code}): ${r.stderr.trim()}`);

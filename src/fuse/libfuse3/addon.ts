@@ -1,0 +1,73 @@
+/**
+ * The typed face of our N-API addon (native/fuse3, built at `npm ci` by node-gyp into
+ * build/Release). Request kinds and the layout of a batch mirror native/fuse3/session.h.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { BlksnapError } from '../../errors.js';
+
+/** An opaque session handle owned by the addon. */
+export interface NativeSession {
+  readonly __nativeSession: unique symbol;
+}
+
+export const Op = {
+  LOOKUP: 1, FORGET: 2, GETATTR: 3, SETATTR: 4, OPEN: 5, READ: 6, WRITE: 7, FLUSH: 8,
+  RELEASE: 9, FSYNC: 10, OPENDIR: 11, READDIR: 12, RELEASEDIR: 13, MKDIR: 14, RMDIR: 15,
+  STATFS: 16, UNLINK: 17, RENAME: 18, MKNOD: 19, SYMLINK: 20, LINK: 21, CREATE: 22,
+  INTERRUPT: 30, END: 31,
+} as const;
+
+/** Doubles per request in a batch: id op ino fh off size arg uid gid pid. */
+export const FIELDS = 10;
+export const F = { id: 0, op: 1, ino: 2, fh: 3, off: 4, size: 5, arg: 6, uid: 7, gid: 8, pid: 9 } as const;
+
+/** Bits of replyOpen's flags. */
+export const OPEN_DIRECT_IO = 1;
+export const OPEN_KEEP_CACHE = 2;
+export const OPEN_NONSEEKABLE = 4;
+
+/** FUSE_SET_ATTR_* bits of a setattr's `arg`. */
+export const SET_ATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256, CTIME: 1024 } as const;
+
+/** An attribute array: ino mode nlink uid gid size blocks blksize atime mtime ctime (ms). */
+export const ATTR_LENGTH = 11;
+
+/**
+ * Requests arrive in batches: `nums` holds FIELDS doubles per request, `extras[i]` the
+ * name (lookup, mkdir, ...) or the data buffer (write payload, read buffer) of request i.
+ * A buffer belongs to the daemon's pools and is valid only until that request's reply.
+ */
+export type BatchHandler = (nums: Float64Array, extras: Array<string | Buffer | undefined>) => void;
+
+export interface Fuse3Addon {
+  mount(mountpoint: string, args: string[], onBatch: BatchHandler, readers: number): NativeSession;
+  replyErr(s: NativeSession, id: number, errno: number): boolean;
+  replyEntry(s: NativeSession, id: number, attr: Float64Array, entryTimeout: number, attrTimeout: number): boolean;
+  replyAttr(s: NativeSession, id: number, attr: Float64Array, attrTimeout: number): boolean;
+  replyOpen(s: NativeSession, id: number, fh: number, flags: number): boolean;
+  replyRead(s: NativeSession, id: number, bytes: number): boolean;
+  replyWrite(s: NativeSession, id: number, bytes: number): boolean;
+  replyStatfs(s: NativeSession, id: number, values: number[]): boolean;
+  replyDir(s: NativeSession, id: number, names: string[], inos: number[], modes: number[], first: number): boolean;
+  /** umount(2); returns 0 or the errno. */
+  unmount(s: NativeSession, lazy: boolean): number;
+  close(s: NativeSession): void;
+  /** [requests, inFlight, maxInFlight] */
+  stats(s: NativeSession, resetMax: boolean): [number, number, number];
+}
+
+const ADDON_PATH = fileURLToPath(new URL('../../../../build/Release/blksnapfs_fuse3.node', import.meta.url));
+
+let loaded: Fuse3Addon | null = null;
+
+export function loadAddon(): Fuse3Addon {
+  if (loaded !== null) return loaded;
+  if (!existsSync(ADDON_PATH)) {
+    throw BlksnapError.of('ENOENT', `the libfuse 3 addon is not built (${ADDON_PATH}); run npm run setup, or mount with -o transport=fuse-native`);
+  }
+  const require = createRequire(import.meta.url);
+  loaded = require(ADDON_PATH) as Fuse3Addon;
+  return loaded;
+}

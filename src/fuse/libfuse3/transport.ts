@@ -1,0 +1,278 @@
+/**
+ * The default transport: libfuse 3's low-level API through our addon. Requests arrive
+ * in batches on the JavaScript thread; each is handed to the FileSystem and answered
+ * exactly once, whenever its work is done, while the others proceed: many requests
+ * are in flight at once, which is what makes queue depth pay.
+ *
+ * Exactly once: the addon refuses a second reply (and says so); here every path of a
+ * request ends in one reply, an exception in a handler becomes EIO, and a rejected
+ * promise its errno.
+ */
+import { BlksnapError } from '../../errors.js';
+import type { Logger } from '../../engine/logger.js';
+import { toNegativeErrno } from '../../views/errno.js';
+import type { IoRequest, RequestContext } from '../../views/file-view.js';
+import type { Attr, Entry, FileSystem, RefusedOp } from '../../views/filesystem.js';
+import { escapeOptionValue, type FuseSession, type MountConfig, type Transport, type TransportStats } from '../transport.js';
+import {
+  ATTR_LENGTH, F, FIELDS, loadAddon, Op, OPEN_DIRECT_IO, OPEN_KEEP_CACHE, OPEN_NONSEEKABLE, SET_ATTR,
+  type Fuse3Addon, type NativeSession,
+} from './addon.js';
+
+/** Reader threads: one keeps up with the JavaScript thread here (bench/README.md). */
+const READERS = 1;
+
+const REFUSED: Partial<Record<number, RefusedOp>> = {
+  [Op.UNLINK]: 'unlink', [Op.RENAME]: 'rename', [Op.MKNOD]: 'mknod', [Op.SYMLINK]: 'symlink', [Op.LINK]: 'link', [Op.CREATE]: 'create',
+};
+
+/** A read or write as the views see it; an interrupt from the kernel reaches its listener. */
+class Request implements IoRequest {
+  readonly interruptible = true;
+  private listener: (() => void) | null = null;
+  interrupted = false;
+
+  constructor(readonly ctx: RequestContext) {}
+
+  onInterrupt(listener: () => void): void {
+    if (this.interrupted) listener();
+    else this.listener = listener;
+  }
+
+  interrupt(): void {
+    this.interrupted = true;
+    const l = this.listener;
+    this.listener = null;
+    l?.();
+  }
+}
+
+function libfuseArgs(config: MountConfig): string[] {
+  // One -o per option: nothing can be cut or lost from a long option string, and
+  // default_permissions is always there (the kernel checks every access).
+  const opts = [`fsname=${escapeOptionValue(config.fsname)}`, 'subtype=blksnapfs', 'default_permissions'];
+  if (config.allowOther) opts.push('allow_other');
+  return opts.flatMap((o) => ['-o', o]);
+}
+
+class Libfuse3Session implements FuseSession {
+  readonly transport = 'libfuse3' as const;
+  readonly ended: Promise<void>;
+  private markEnded: () => void = () => undefined;
+  private native: NativeSession | null = null;
+  private closed = false;
+  /** Reads that may wait (an /events read), by request id, for interrupts. */
+  private readonly waiting = new Map<number, Request>();
+  /** Interrupts that arrived before their request (the same batch, just ahead of it). */
+  private readonly earlyInterrupts = new Set<number>();
+  private readonly attrScratch = new Float64Array(ATTR_LENGTH);
+
+  constructor(private readonly addon: Fuse3Addon, private readonly fs: FileSystem, private readonly log: Logger, private readonly mountpoint: string) {
+    this.ended = new Promise((resolve) => {
+      this.markEnded = resolve;
+    });
+  }
+
+  start(args: string[]): void {
+    this.native = this.addon.mount(this.mountpoint, args, (nums, extras) => this.onBatch(nums, extras), READERS);
+  }
+
+  private get s(): NativeSession {
+    if (this.native === null) throw new Error('session not started');
+    return this.native;
+  }
+
+  // ---- dispatch -----------------------------------------------------------------
+
+  private onBatch(nums: Float64Array, extras: Array<string | Buffer | undefined>): void {
+    const count = nums.length / FIELDS;
+    for (let i = 0; i < count; i++) {
+      const o = i * FIELDS;
+      const id = nums[o + F.id] ?? -1;
+      try {
+        this.dispatch(id, nums, o, extras[i]);
+      } catch (err) {
+        // A synchronous throw: the request is answered here, with its errno (or EIO).
+        if (id >= 0) this.fail(id, nums[o + F.op] ?? 0, err);
+      }
+    }
+    this.earlyInterrupts.clear();
+  }
+
+  private dispatch(id: number, n: Float64Array, o: number, extra: string | Buffer | undefined): void {
+    const op = n[o + F.op] ?? 0;
+    const ino = n[o + F.ino] ?? 0;
+    const fhRaw = n[o + F.fh] ?? -1;
+    const fh = fhRaw >= 0 ? fhRaw : null;
+    const ctx = (): RequestContext => ({ uid: n[o + F.uid] ?? -1, gid: n[o + F.gid] ?? -1, pid: n[o + F.pid] ?? 0, known: true });
+    const name = typeof extra === 'string' ? extra : '';
+    const fs = this.fs;
+    switch (op) {
+      case Op.READ: {
+        const req = new Request(ctx());
+        if (this.earlyInterrupts.has(id)) req.interrupt();
+        this.waiting.set(id, req);
+        const buf = extra instanceof Buffer ? extra : Buffer.alloc(0);
+        this.settle(id, op, fs.read(fh ?? 0, buf, n[o + F.size] ?? 0, n[o + F.off] ?? 0, req), (bytes) => {
+          this.waiting.delete(id);
+          return this.addon.replyRead(this.s, id, bytes);
+        });
+        return;
+      }
+      case Op.WRITE: {
+        const buf = extra instanceof Buffer ? extra : Buffer.alloc(0);
+        const req = new Request(ctx());
+        this.settle(id, op, fs.write(fh ?? 0, buf, n[o + F.size] ?? 0, n[o + F.off] ?? 0, req), (bytes) => this.addon.replyWrite(this.s, id, bytes));
+        return;
+      }
+      case Op.INTERRUPT: {
+        const req = this.waiting.get(id);
+        if (req !== undefined) req.interrupt();
+        else this.earlyInterrupts.add(id);
+        return;
+      }
+      case Op.FORGET:
+        fs.forget(ino, n[o + F.arg] ?? 0);
+        return;
+      case Op.END:
+        this.markEnded();
+        return;
+      case Op.LOOKUP:
+        this.replyEntry(id, fs.lookup(ino, name, ctx()));
+        return;
+      case Op.GETATTR: {
+        const r = fs.getattr(ino, fh);
+        this.addon.replyAttr(this.s, id, this.attrArray(r.attr), r.attrTimeout);
+        return;
+      }
+      case Op.SETATTR: {
+        const valid = n[o + F.arg] ?? 0;
+        const r = fs.setattr(ino, fh, {
+          ...((valid & SET_ATTR.SIZE) !== 0 ? { size: n[o + F.size] ?? 0 } : {}),
+          ...((valid & (SET_ATTR.MODE | SET_ATTR.UID | SET_ATTR.GID)) !== 0 ? { owner: true } : {}),
+          ...((valid & (SET_ATTR.ATIME | SET_ATTR.MTIME | SET_ATTR.ATIME_NOW | SET_ATTR.MTIME_NOW)) !== 0 ? { times: true } : {}),
+        }, ctx());
+        this.addon.replyAttr(this.s, id, this.attrArray(r.attr), r.attrTimeout);
+        return;
+      }
+      case Op.OPEN: {
+        const r = fs.open(ino, n[o + F.arg] ?? 0, ctx());
+        const flags = (r.directIo ? OPEN_DIRECT_IO : 0) | (r.keepCache ? OPEN_KEEP_CACHE : 0) | (r.nonseekable ? OPEN_NONSEEKABLE : 0);
+        if (!this.addon.replyOpen(this.s, id, r.fh, flags)) fs.release(r.fh); // the caller is gone: nobody will close it
+        return;
+      }
+      case Op.FLUSH:
+        this.settle(id, op, fs.flush(fh ?? 0, new Request(ctx())), () => this.addon.replyErr(this.s, id, 0));
+        return;
+      case Op.RELEASE:
+        fs.release(fh ?? 0);
+        this.addon.replyErr(this.s, id, 0);
+        return;
+      case Op.FSYNC:
+        this.settle(id, op, fs.fsync(fh ?? 0, (n[o + F.arg] ?? 0) !== 0), () => this.addon.replyErr(this.s, id, 0));
+        return;
+      case Op.OPENDIR: {
+        const dh = fs.opendir(ino, ctx());
+        if (!this.addon.replyOpen(this.s, id, dh, 0)) fs.releasedir(dh);
+        return;
+      }
+      case Op.READDIR: {
+        const entries = fs.readdir(fh ?? 0);
+        this.addon.replyDir(this.s, id, entries.map((e) => e.name), entries.map((e) => e.ino), entries.map((e) => e.mode), n[o + F.off] ?? 0);
+        return;
+      }
+      case Op.RELEASEDIR:
+        fs.releasedir(fh ?? 0);
+        this.addon.replyErr(this.s, id, 0);
+        return;
+      case Op.MKDIR:
+        this.settle(id, op, fs.mkdir(ino, name, ctx()), (entry) => this.replyEntry(id, entry));
+        return;
+      case Op.RMDIR:
+        fs.rmdir(ino, name, ctx());
+        this.addon.replyErr(this.s, id, 0);
+        return;
+      case Op.STATFS: {
+        const s = fs.statfs();
+        this.addon.replyStatfs(this.s, id, [s.bsize, s.frsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.namemax]);
+        return;
+      }
+      default: {
+        const refused = REFUSED[op];
+        if (refused !== undefined) fs.refuse(refused);
+        throw BlksnapError.of('ENOSYS', `request kind ${op} is not supported`);
+      }
+    }
+  }
+
+  /** Answer `id` when `work` settles: `reply` with its value, or its errno. */
+  private settle<T>(id: number, op: number, work: Promise<T>, reply: (value: T) => boolean): void {
+    work.then(
+      (value) => {
+        if (!reply(value)) this.log.error({ id, op }, 'bug: a request was answered twice');
+      },
+      (err: unknown) => this.fail(id, op, err),
+    );
+  }
+
+  private fail(id: number, op: number, err: unknown): void {
+    this.waiting.delete(id);
+    const errno = -toNegativeErrno(err);
+    if (!(err instanceof BlksnapError) || (err.code !== 'ENOENT' && err.code !== 'EINTR')) {
+      this.log.debug({ op, err: err instanceof Error ? err.message : String(err), errno }, 'request failed');
+    }
+    if (this.native !== null && !this.addon.replyErr(this.native, id, errno)) {
+      this.log.error({ id, op }, 'bug: a request was answered twice');
+    }
+  }
+
+  private attrArray(a: Attr): Float64Array {
+    const x = this.attrScratch;
+    x[0] = a.ino; x[1] = a.mode; x[2] = a.nlink; x[3] = a.uid; x[4] = a.gid; x[5] = a.size;
+    x[6] = a.blocks; x[7] = a.blksize; x[8] = a.atime.getTime(); x[9] = a.mtime.getTime(); x[10] = a.ctime.getTime();
+    return x;
+  }
+
+  private replyEntry(id: number, e: Entry): boolean {
+    const ok = this.addon.replyEntry(this.s, id, this.attrArray(e.attr), e.entryTimeout, e.attrTimeout);
+    // Nobody received the entry (the caller is gone): the kernel will not forget it.
+    if (!ok) this.fs.forget(e.attr.ino, 1);
+    return ok;
+  }
+
+  // ---- life ---------------------------------------------------------------------
+
+  unmount(): Promise<void> {
+    const errno = this.addon.unmount(this.s, false);
+    if (errno === 0) return Promise.resolve();
+    if (errno === 16) return Promise.reject(BlksnapError.of('EBUSY', `${this.mountpoint} is busy (a loop device or open file uses it)`));
+    if (errno === 22) return Promise.resolve(); // EINVAL: not mounted (any more)
+    return Promise.reject(BlksnapError.of('EIO', `cannot unmount ${this.mountpoint}: errno ${errno}`));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed || this.native === null) return;
+    this.closed = true;
+    this.addon.close(this.native);
+    this.markEnded();
+  }
+
+  stats(): TransportStats {
+    const [requests, inFlight, maxInFlight] = this.native === null ? [0, 0, 0] : this.addon.stats(this.native, false);
+    return { transport: 'libfuse3', requests, in_flight: inFlight, max_in_flight: maxInFlight, credentials: true };
+  }
+}
+
+export const libfuse3Transport: Transport = {
+  name: 'libfuse3',
+  mount(fs: FileSystem, config: MountConfig, log: Logger): Promise<FuseSession> {
+    const addon = loadAddon();
+    const session = new Libfuse3Session(addon, fs, log, config.mountpoint);
+    try {
+      session.start(libfuseArgs(config));
+    } catch (err) {
+      return Promise.reject(BlksnapError.of('EIO', `cannot mount on ${config.mountpoint}: ${err instanceof Error ? err.message : String(err)}`, err));
+    }
+    return Promise.resolve(session);
+  },
+};

@@ -1,0 +1,58 @@
+/**
+ * The transport seam: a FUSE binding that serves a FileSystem (src/views/filesystem.ts)
+ * at a mount point. Two live behind it:
+ * - libfuse3 (the default): our N-API addon on libfuse 3's low-level API; many requests
+ *   in flight, 1 MiB requests, node ids, the caller of each request, interrupts, and a
+ *   session whose end the kernel tells us.
+ * - fuse-native (compatibility): libfuse 2's high-level path API; one request at a
+ *   time, 128 KiB requests, no caller, no interrupts, and the end of the session
+ *   noticed by watching /proc/self/mountinfo. Kept for machines without libfuse 3.
+ */
+import type { FileSystem } from '../views/filesystem.js';
+import type { Logger } from '../engine/logger.js';
+
+export const TRANSPORTS = ['libfuse3', 'fuse-native'] as const;
+export type TransportName = (typeof TRANSPORTS)[number];
+
+export interface MountConfig {
+  mountpoint: string;
+  /** What /proc/mounts shows as the source: the origin's path. */
+  fsname: string;
+  allowOther: boolean;
+}
+
+export interface TransportStats {
+  transport: TransportName;
+  /** Requests received since the mount. */
+  requests: number;
+  /** Requests received and not yet answered. */
+  in_flight: number;
+  /** The most requests in flight at once since the mount. */
+  max_in_flight: number;
+  /** Whether each request carries its caller (uid, gid, pid). */
+  credentials: boolean;
+}
+
+export interface FuseSession {
+  readonly transport: TransportName;
+  /**
+   * Resolves when the session is over: after umount (or umount -l and the last close),
+   * or when the connection is aborted. The daemon's shutdown starts here.
+   */
+  readonly ended: Promise<void>;
+  /** umount(2) of the mount point; EBUSY while something uses it. */
+  unmount(): Promise<void>;
+  /** After `ended` and the daemon's own shutdown: stop the transport's threads. */
+  close(): Promise<void>;
+  stats(): TransportStats;
+}
+
+export interface Transport {
+  readonly name: TransportName;
+  mount(fs: FileSystem, config: MountConfig, log: Logger): Promise<FuseSession>;
+}
+
+/** libfuse escapes commas in option values with a backslash. */
+export function escapeOptionValue(value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(/,/g, '\\,');
+}
