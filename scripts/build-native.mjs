@@ -5,7 +5,7 @@
 // `npm test` and `npm run demo` stay quick on a machine that is set up.
 // BLKSNAPFS_NATIVE_CFLAGS adds compiler flags (e.g. -fsanitize=address,undefined).
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -16,7 +16,7 @@ const extra = process.env.BLKSNAPFS_NATIVE_CFLAGS ?? '';
 const stamp = join(root, 'build', 'cflags.stamp');
 
 const newest = Math.max(...sources.map((s) => statSync(s).mtimeMs));
-const sameFlags = existsSync(stamp) ? execFileSync('cat', [stamp]).toString() === extra : extra === '';
+const sameFlags = existsSync(stamp) && readFileSync(stamp, 'utf8') === extra;
 if (existsSync(output) && statSync(output).mtimeMs > newest && sameFlags) process.exit(0);
 
 const nodeGyp = process.env.npm_config_node_gyp || join(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
@@ -31,5 +31,5 @@ try {
   console.error('build-native: node-gyp failed; are libfuse3-dev, pkg-config and a C compiler installed (npm run setup installs them)?');
   process.exit(1);
 }
-execFileSync('sh', ['-c', `printf %s "$1" > "$2"`, 'sh', extra, stamp]);
+writeFileSync(stamp, extra);
 console.log(`build-native: built the libfuse 3 addon${extra ? ` (${extra})` : ''}`);
