@@ -241,7 +241,7 @@ test('ENOSPC from writes into grown storage: the snapshot is corrupted, origin w
 // ---- d. the log's file system is full --------------------------------------------
 
 test('a full log changes nothing: snapshots are taken and destroyed, writes succeed, the daemon stays up', async (t) => {
-  const s = await setUp(t, { options: 'diff_size=8M,chunk_size=64K', logOnFaultFs: true });
+  const s = await setUp(t, { options: 'diff_size=2M,diff_threshold=1M,chunk_size=64K', logOnFaultFs: true });
   await s.ffs.fail({ file: 'daemon.log', op: 'write', errno: 'ENOSPC' });
   await take(s, 'a');
   t.is(await writeChunk(s, 0), null);
@@ -253,7 +253,18 @@ test('a full log changes nothing: snapshots are taken and destroyed, writes succ
   }
   t.true(await s.ffs.failures() > 0, 'the log really failed');
   await take(s, 'b');
-  t.is(await writeChunk(s, 0), null);
+  await writeChunks(t, s, 8, 20); // past the low-space threshold, with space to spare
+  await s.tail.waitType('low-free-space');
   t.deepEqual((await fsp.readdir(s.m.path('snapshots'))).sort(), ['a', 'b'], 'no half-taken or half-destroyed snapshot');
+  await verify(t, s, {});
+});
+
+test('a full log while the storage grows: growth goes on, nothing is corrupted, the daemon stays up', async (t) => {
+  const s = await setUp(t, { options: GROWING, diffOnFaultFs: true, logOnFaultFs: true });
+  await s.ffs.fail({ file: 'daemon.log', op: 'write', errno: 'ENOSPC' });
+  await take(s, 'a');
+  await writeChunks(t, s, 0, 24); // 1.5M of copies: the storage must grow past its first 1M
+  t.true(await s.ffs.failures() > 0, 'the log really failed');
+  t.true(s.tail.of('storage-grown').length > 0, 'the storage grew');
   await verify(t, s, {});
 });
