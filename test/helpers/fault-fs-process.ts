@@ -11,10 +11,10 @@
  * passed on to the backing file (our buffers are not aligned). flock is left to the
  * kernel (no flock operation), which handles it locally.
  *
- * IPC, one message per request, each answered `{ id, ok, failures?, error? }`:
+ * IPC, one message per request, each answered `{ id, ok, fired, error? }`:
  *   { id, cmd: 'fail', rule: FaultRule }  add a rule
  *   { id, cmd: 'heal', file?: string }    remove all rules (or one file's)
- *   { id, cmd: 'failures' }               how many requests were failed so far
+ *   { id, cmd: 'fired' }                  how many requests were failed or delayed so far
  * `{ ready: true }` is sent once the mount is live. SIGTERM or a closed IPC channel
  * unmounts and exits; `auto_unmount` cleans up after a SIGKILL.
  */
@@ -29,9 +29,9 @@ import { createFaultFuse, type FaultFuseOps } from './fault-fuse-native.js';
 export type FaultRequest =
   | { id: number; cmd: 'fail'; rule: FaultRule }
   | { id: number; cmd: 'heal'; file?: string }
-  | { id: number; cmd: 'failures' };
+  | { id: number; cmd: 'fired' };
 
-export type FaultReply = { ready: true } | { id: number; ok: boolean; failures?: number; error?: string };
+export type FaultReply = { ready: true } | { id: number; ok: boolean; fired?: number; error?: string };
 
 const errnos = osConstants.errno as Record<string, number | undefined>;
 
@@ -61,10 +61,18 @@ function answer<T>(cb: CbWith<T>, work: () => T): void {
 
 function passthroughOps(backing: string, rules: FaultRules): FaultFuseOps {
   const real = (path: string): string => join(backing, path);
-  /** The injected errno for this request (negative), or 0 to go ahead. */
-  const injected = (path: string, op: FaultOp, offset: number, length: number): number => {
-    const errno = rules.check(path, op, offset, length);
-    return errno === null ? 0 : -(errnos[errno] ?? osConstants.errno.EIO);
+  /**
+   * Apply the rules to a request: answer the injected errno, or run `work` (which
+   * answers), after the delay the rules ask for.
+   */
+  const guarded = (path: string, op: FaultOp, offset: number, length: number, cb: Cb, work: () => void): void => {
+    const { errno, delayMs } = rules.check(path, op, offset, length);
+    const go = (): void => {
+      if (errno === null) work();
+      else cb(-(errnos[errno] ?? osConstants.errno.EIO));
+    };
+    if (delayMs > 0) setTimeout(go, delayMs);
+    else go();
   };
   const done = (cb: Cb, work: () => void): void => answer<undefined>((code) => cb(code), () => {
     work();
@@ -87,22 +95,15 @@ function passthroughOps(backing: string, rules: FaultRules): FaultFuseOps {
     open: (path, flags, cb) => answer(cb, () => fs.openSync(real(path), flags & ~fs.constants.O_DIRECT)),
     create: (path, mode, cb) => answer(cb, () => fs.openSync(real(path), fs.constants.O_RDWR | fs.constants.O_CREAT, mode)),
     release: (_path, fd, cb) => done(cb, () => fs.closeSync(fd)),
-    read: (path, fd, buf, len, pos, cb) => {
-      const fault = injected(path, 'read', pos, len);
-      if (fault !== 0) cb(fault);
-      else count(cb, () => fs.readSync(fd, buf, 0, len, pos));
-    },
-    write: (path, fd, buf, len, pos, cb) => {
-      const fault = injected(path, 'write', pos, len);
-      if (fault !== 0) cb(fault);
-      else count(cb, () => fs.writeSync(fd, buf, 0, len, pos));
-    },
-    fallocate: (path, fd, mode, offset, length, cb) => {
-      const fault = injected(path, 'fallocate', offset, length);
-      if (fault !== 0) cb(fault);
-      else if (mode !== 0) cb(-osConstants.errno.EOPNOTSUPP); // only plain preallocation is passed on
-      else done(cb, () => fallocate(fd, offset, length));
-    },
+    read: (path, fd, buf, len, pos, cb) =>
+      guarded(path, 'read', pos, len, cb, () => count(cb, () => fs.readSync(fd, buf, 0, len, pos))),
+    write: (path, fd, buf, len, pos, cb) =>
+      guarded(path, 'write', pos, len, cb, () => count(cb, () => fs.writeSync(fd, buf, 0, len, pos))),
+    fallocate: (path, fd, mode, offset, length, cb) =>
+      guarded(path, 'fallocate', offset, length, cb, () => {
+        if (mode !== 0) cb(-osConstants.errno.EOPNOTSUPP); // only plain preallocation is passed on
+        else done(cb, () => fallocate(fd, offset, length));
+      }),
     truncate: (path, size, cb) => done(cb, () => fs.truncateSync(real(path), size)),
     ftruncate: (_path, fd, size, cb) => done(cb, () => fs.ftruncateSync(fd, size)),
     flush: (_path, _fd, cb) => cb(0),
@@ -148,7 +149,7 @@ async function main(): Promise<void> {
     try {
       if (message.cmd === 'fail') rules.add(message.rule);
       else if (message.cmd === 'heal') rules.heal(message.file);
-      send({ id: message.id, ok: true, failures: rules.failures });
+      send({ id: message.id, ok: true, fired: rules.fired });
     } catch (err) {
       send({ id: message.id, ok: false, error: err instanceof Error ? err.message : String(err) });
     }

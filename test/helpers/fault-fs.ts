@@ -4,12 +4,13 @@
  * process (test/helpers/fault-fs-process.ts), whose files can be told to fail.
  *
  * What it can inject, per file (a path inside the fault file system):
- * - reads, writes or fallocate calls failing with EIO or ENOSPC,
+ * - reads, writes or fallocate calls failing with EIO or ENOSPC (`errno`), and/or
+ *   answered only after `delayMs` (to hold a request in flight while the test acts),
  * - only in a byte range [from, to) (requests that overlap it fail whole),
  * - and/or only after `afterBytes` more bytes of such requests went through
  *   (then every later matching request fails too, like a full disk).
- * A failed request writes nothing. `heal()` removes the rules; `failures()` says how
- * many requests were failed so far (a test checks its fault really fired).
+ * A failed request writes nothing. `heal()` removes the rules; `fired()` says how many
+ * requests were failed or delayed so far (a test checks its fault really fired).
  *
  * How to drive it:
  *   const ffs = await startFaultFs(t);                 // mounted; torn down with the test
@@ -44,7 +45,7 @@ export type { FaultRule } from './fault-rules.js';
 
 const PROCESS_SCRIPT = fileURLToPath(new URL('./fault-fs-process.js', import.meta.url));
 
-type Command = { cmd: 'fail'; rule: FaultRule } | { cmd: 'heal'; file?: string } | { cmd: 'failures' };
+type Command = { cmd: 'fail'; rule: FaultRule } | { cmd: 'heal'; file?: string } | { cmd: 'fired' };
 
 export class FaultFs {
   private nextId = 1;
@@ -82,10 +83,10 @@ export class FaultFs {
       this.child.send({ id, ...command } as FaultRequest);
     });
     if (!('ok' in reply) || !reply.ok) throw new Error(`fault file system: ${'error' in reply ? reply.error : 'no answer'}`);
-    return reply.failures ?? 0;
+    return reply.fired ?? 0;
   }
 
-  /** Add a rule; requests that arrive after this resolves obey it. */
+  /** Add a rule (a failure and/or a delay); requests that arrive after this resolves obey it. */
   async fail(rule: FaultRule): Promise<void> {
     await this.send({ cmd: 'fail', rule });
   }
@@ -95,9 +96,9 @@ export class FaultFs {
     await this.send(file === undefined ? { cmd: 'heal' } : { cmd: 'heal', file });
   }
 
-  /** Requests failed so far, over the life of the file system. */
-  failures(): Promise<number> {
-    return this.send({ cmd: 'failures' });
+  /** Requests failed or delayed so far, over the life of the file system. */
+  fired(): Promise<number> {
+    return this.send({ cmd: 'fired' });
   }
 
   /** Unmount and stop the process (idempotent; the teardown calls it too). */

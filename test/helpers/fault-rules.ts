@@ -1,6 +1,6 @@
 /**
- * Which requests the fault file system fails, and with what: a list of rules, each
- * for one file and one kind of request, checked before the request touches the
+ * Which requests the fault file system fails or holds back, and how: a list of rules,
+ * each for one file and one kind of request, checked before the request touches the
  * backing file. A failed request changes nothing (no partial write), so what the
  * backing file holds is exactly what the requests that succeeded wrote.
  */
@@ -12,23 +12,31 @@ export interface FaultRule {
   /** The file, as a path inside the fault file system ("disk.img" or "/dir/disk.diff"). */
   file: string;
   op: FaultOp;
-  errno: FaultErrno;
+  /** Fail the request with this errno (without it, the rule only delays). */
+  errno?: FaultErrno;
+  /** Answer the request (success or failure) only after this many milliseconds. */
+  delayMs?: number;
   /** Fail only requests that overlap [from, to) (bytes); both default to the whole file. */
   from?: number;
   to?: number;
   /**
    * Let this many more bytes of matching requests through first (counted from when the
-   * rule is set); the request that would pass the budget fails, and so does every later
-   * one. Default 0: fail at once.
+   * rule is set); the request that would pass the budget is the first the rule acts on,
+   * and it acts on every later one too. Default 0: at once.
    */
   afterBytes?: number;
+}
+
+/** What to do with one request. */
+export interface Verdict {
+  errno: FaultErrno | null;
+  delayMs: number;
 }
 
 interface ActiveRule {
   rule: FaultRule;
   file: string;
   budget: number;
-  hits: number;
 }
 
 function normalise(file: string): string {
@@ -37,11 +45,10 @@ function normalise(file: string): string {
 
 export class FaultRules {
   private rules: ActiveRule[] = [];
-  /** Failures injected since start, including those of rules healed since. */
   private total = 0;
 
   add(rule: FaultRule): void {
-    this.rules.push({ rule, file: normalise(rule.file), budget: rule.afterBytes ?? 0, hits: 0 });
+    this.rules.push({ rule, file: normalise(rule.file), budget: rule.afterBytes ?? 0 });
   }
 
   /** Remove every rule (or those of one file): later requests succeed again. */
@@ -49,25 +56,25 @@ export class FaultRules {
     this.rules = file === undefined ? [] : this.rules.filter((r) => r.file !== normalise(file));
   }
 
-  get failures(): number {
+  /** Requests failed or delayed since start, including those of rules healed since. */
+  get fired(): number {
     return this.total;
   }
 
   /**
-   * The errno a request of `length` bytes at `offset` must fail with, or null to let it
-   * through. A request let through is charged to every byte budget it matches.
+   * What to do with a request of `length` bytes at `offset`: the errno it fails with
+   * (null: it goes ahead) and how long to hold it first. A request a rule lets through
+   * is charged to that rule's byte budget.
    */
-  check(file: string, op: FaultOp, offset: number, length: number): FaultErrno | null {
+  check(file: string, op: FaultOp, offset: number, length: number): Verdict {
     const matching = this.rules.filter((r) => r.file === file && r.rule.op === op &&
       offset < (r.rule.to ?? Infinity) && offset + length > (r.rule.from ?? 0));
-    const failing = matching.find((r) => length > r.budget);
-    if (failing !== undefined) {
-      failing.budget = 0; // once past its budget, a rule fails everything it matches
-      failing.hits++;
-      this.total++;
-      return failing.rule.errno;
-    }
-    for (const r of matching) r.budget -= length;
-    return null;
+    const acting = matching.filter((r) => length > r.budget);
+    for (const r of acting) r.budget = 0; // once past its budget, a rule acts on everything it matches
+    this.total += acting.length;
+    const errno = acting.map((r) => r.rule.errno).find((e) => e !== undefined) ?? null;
+    // Only bytes that really went through count against the others' budgets.
+    if (errno === null) for (const r of matching) if (!acting.includes(r)) r.budget -= length;
+    return { errno, delayMs: Math.max(0, ...acting.map((r) => r.rule.delayMs ?? 0)) };
   }
 }
