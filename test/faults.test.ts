@@ -19,7 +19,7 @@ import test, { type ExecutionContext } from 'ava';
 import { promises as fsp } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { CLI, KiB, MiB, daemonPids, isMounted, makeImage, mountImage, readRange, run, type Mounted } from './helpers/fixture.js';
-import { EventTail, sleep } from './helpers/events.js';
+import { EventTail } from './helpers/events.js';
 import { startFaultFs, type FaultFs } from './helpers/fault-fs.js';
 
 const CHUNK = 64 * KiB;
@@ -173,11 +173,10 @@ test('origin EIO on one chunk of a write while its other chunk is still being co
   // 8 KiB across the boundary of chunks 0 and 1: one FUSE request (a larger write may be
   // split, and a take may then come between its requests). Chunk 0's copy fails, chunk 1's is held.
   const writing = writeBytes(s, CHUNK - 4 * KiB, 8 * KiB);
-  await sleep(400);
+  await s.ffs.waitFired(2); // chunk 0's copy has failed, chunk 1's is held
   const taking = fsp.mkdir(s.m.path('snapshots', 'b')); // must wait until the write has left
   t.is(await writing, null, 'the origin write succeeds although one of its copies failed');
   await taking;
-  t.true(await s.ffs.fired() >= 2, 'the copy of chunk 0 failed and that of chunk 1 was held');
   const after = Buffer.from(s.disk);
   await s.ffs.heal();
   t.is(await writeChunk(s, 1), null, 'a write after the take: never part of b');

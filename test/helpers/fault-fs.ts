@@ -101,6 +101,15 @@ export class FaultFs {
     return this.send({ cmd: 'fired' });
   }
 
+  /** Wait until `count` requests in all have been failed or delayed (to act while one is held). */
+  async waitFired(count: number, timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while ((await this.fired()) < count) {
+      if (Date.now() > deadline) throw new Error(`fewer than ${count} faults fired within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   /** Unmount and stop the process (idempotent; the teardown calls it too). */
   async stop(): Promise<void> {
     if (this.child.exitCode === null && this.child.signalCode === null) {
