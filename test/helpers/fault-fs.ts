@@ -65,6 +65,11 @@ export class FaultFs {
     });
   }
 
+  /** The file system's process (a test may kill it to check the cleanup). */
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   /** A path through the fault file system (what the daemon under test is given). */
   path(...parts: string[]): string {
     return join(this.mnt, ...parts);
