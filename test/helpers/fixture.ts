@@ -135,6 +135,9 @@ export interface MountSpec {
   options?: string;
   /** Use this existing origin instead of making one. */
   origin?: string;
+  /** The difference storage and log paths (default: files in the scratch directory). */
+  diff?: string;
+  log?: string;
 }
 
 /**
@@ -152,8 +155,8 @@ export async function mountImage(t: ExecutionContext, spec: MountSpec = {}): Pro
   const origin = spec.origin ?? join(dir, 'disk.img');
   if (spec.origin === undefined) await makeImage(origin, spec.size ?? 64 * MiB, spec.sparse === true ? { sparse: true } : {});
   const mnt = join(dir, 'mnt');
-  const diff = join(dir, 'disk.diff');
-  const log = join(dir, 'daemon.log');
+  const diff = spec.diff ?? join(dir, 'disk.diff');
+  const log = spec.log ?? join(dir, 'daemon.log');
   await fsp.mkdir(mnt);
   const transport = testTransport !== null && !(spec.options ?? '').includes('transport=') ? `transport=${testTransport}` : '';
   const options = [`diff_storage=${diff}`, `log=${log}`, 'log_level=debug', spec.options ?? 'diff_size=64M', transport].filter((s) => s.length > 0).join(',');
