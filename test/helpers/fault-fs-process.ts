@@ -21,7 +21,7 @@
 import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
-import type { Cb, CbWith, FuseStat, FuseStatFs } from '../../src/fuse/fuse-native-binding.js';
+import type { Cb, CbWith, FuseStat, FuseStatFs } from '../../src/fuse/fuse-native/binding.js';
 import { fallocate } from '../../src/storage/native.js';
 import { FaultRules, type FaultOp, type FaultRule } from './fault-rules.js';
 import { createFaultFuse, type FaultFuseOps } from './fault-fuse-native.js';

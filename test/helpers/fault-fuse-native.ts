@@ -18,7 +18,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Cb, CbWith, FuseInstance, FuseStat, FuseStatFs } from '../../src/fuse/fuse-native-binding.js';
+import type { Cb, CbWith, FuseInstance, FuseStat, FuseStatFs } from '../../src/fuse/fuse-native/binding.js';
 import { ROOT } from './fixture.js';
 
 const execFileP = promisify(execFile);
