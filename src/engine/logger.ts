@@ -20,13 +20,13 @@ export const silentLogger: Logger = {
  * best-effort already (src/daemon/log-destination.ts); this guards any other logger too.
  */
 export function bestEffort(log: Logger): Logger {
-  const guard = (call: (obj: object, msg?: string) => void) => (obj: object, msg?: string): void => {
+  const guard = (level: keyof Logger) => (obj: object, msg?: string): void => {
     try {
-      if (msg === undefined) call.call(log, obj);
-      else call.call(log, obj, msg);
+      if (msg === undefined) log[level](obj);
+      else log[level](obj, msg);
     } catch {
       // the log is best-effort; its destination reports its own failure
     }
   };
-  return { debug: guard(log.debug), info: guard(log.info), warn: guard(log.warn), error: guard(log.error) };
+  return { debug: guard('debug'), info: guard('info'), warn: guard('warn'), error: guard('error') };
 }
