@@ -13,6 +13,8 @@ import { BlksnapError } from '../src/errors.js';
 import { StorageGrowth } from '../src/storage/storage-growth.js';
 import type { SnapshotEngine } from '../src/engine/engine.js';
 import type { Logger } from '../src/engine/logger.js';
+import { ChunkCopies } from '../src/engine/chunk-copy.js';
+import { AlignedBufferPool } from '../src/storage/aligned.js';
 
 const CHUNK = 64 * KiB;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -198,4 +200,39 @@ test('a double release changes nothing: a later holder keeps its snapshot and it
   engine.release(snap);
   t.is(engine.storage.stats().used, 0, 'freed at the last real release');
   t.throws(() => engine.acquire(snap), { code: 'ENOENT' }, 'a released snapshot cannot be held again');
+});
+
+test('chunk copies: a write for a newer snapshot never joins a copy in flight for an older one; it looks again', async (t) => {
+  // The take barrier keeps this from happening in the engine; the state machine must
+  // not rely on that alone. Driven directly: two writes to one chunk, the first seeing
+  // snapshot 1 as the newest, the second snapshot 2, while the first copy is in flight.
+  const { engine } = await openEngine(t, { size: 1 * MiB, chunkSize: CHUNK, diffSize: 2 * MiB });
+  const origin = engine.origin;
+  const plainRead = origin.read.bind(origin);
+  origin.read = async (buf, offset, length, position) => {
+    await sleep(50);
+    return plainRead(buf, offset, length, position);
+  };
+  const failures: string[] = [];
+  const copies = new ChunkCopies({
+    origin,
+    storage: engine.storage,
+    chunkSize: CHUNK,
+    originSize: engine.originSize,
+    pool: new AlignedBufferPool(CHUNK, 4),
+    slotReused: () => undefined,
+    needed: () => true,
+    failed: (lo, hi, err) => void failures.push(`(${lo}, ${hi}]: ${String(err)}`),
+  });
+  const forOne = copies.prepareWrite(0, 0, 1);
+  t.is(copies.copying, 1);
+  const forTwo = copies.prepareWrite(0, 0, 2);
+  await Promise.all([forOne, forTwo]);
+  t.deepEqual(failures, []);
+  const one = copies.savedSlot(0, 1);
+  const two = copies.savedSlot(0, 2);
+  t.true(one >= 0, 'snapshot 1 has its copy');
+  t.true(two >= 0 && two !== one, 'snapshot 2 got a copy of its own, made after the first settled');
+  t.is(copies.copying, 0);
+  t.is(copies.prepareWrite(0, 0, 2), null, 'saved through 2: nothing more to do');
 });
