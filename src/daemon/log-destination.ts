@@ -27,6 +27,7 @@ export interface LogFailure {
 const WARN = 40;
 /** A full pipe on stderr: tries before the line counts as lost. */
 const EAGAIN_TRIES = 20;
+const pause = new Int32Array(new SharedArrayBuffer(4));
 
 export class BestEffortDestination {
   private failure: LogFailure | null = null;
@@ -88,7 +89,10 @@ export class BestEffortDestination {
       try {
         done += writeSync(this.fd, bytes, done, bytes.length - done);
       } catch (err) {
-        if (errnoNameOf(err) === 'EAGAIN' && ++again < EAGAIN_TRIES) continue;
+        if (errnoNameOf(err) === 'EAGAIN' && ++again < EAGAIN_TRIES) {
+          Atomics.wait(pause, 0, 0, 1); // a millisecond for the reader of a full pipe
+          continue;
+        }
         this.midLine ||= done > 0;
         throw err;
       }
