@@ -14,6 +14,7 @@ import { destroySnapshot, readInfo, readStatus, sendControl, takeSnapshot } from
 import { registerCbtCommands } from './cbt-commands.js';
 import { registerBackupCommands } from './backup-commands.js';
 import { followEvents } from './follow-events.js';
+import { escapeControlsJson, formatEventLine } from './event-line.js';
 
 const execFileP = promisify(execFile);
 
@@ -146,13 +147,9 @@ export function buildProgram(): Command {
     .argument('<mountpoint>')
     .option('--json', 'print the raw JSON lines')
     .action(async (mnt: string, o: { json?: boolean }) => {
+      // Never raw: event fields may carry terminal escape sequences (see event-line.ts).
       for await (const line of followEvents(mnt)) {
-        if (o.json === true) process.stdout.write(`${line}\n`);
-        else {
-          const { seq, time, type, ...rest } = JSON.parse(line) as Record<string, unknown>;
-          const fields = Object.entries(rest).map(([k, v]) => `${k}=${String(v)}`).join(' ');
-          process.stdout.write(`${String(time)} #${String(seq ?? '-')} ${String(type)} ${fields}\n`);
-        }
+        process.stdout.write(`${o.json === true ? escapeControlsJson(line) : formatEventLine(line)}\n`);
       }
     });
 

@@ -28,6 +28,7 @@ import type { FuseSession } from '../fuse/transport.js';
 import { isMounted } from '../fuse/mountinfo.js';
 import type { MountOptions } from './options.js';
 import { openOriginWhenFree } from './origin-wait.js';
+import { onLogFailure } from './logger.js';
 
 const MIN_DEFAULT_DIFF = 64 * 2 ** 20;
 const MAX_DEFAULT_THRESHOLD = 512 * 2 ** 20;
@@ -87,6 +88,8 @@ export class Daemon {
 
       const events = new EventQueue(opts.eventBacklog);
       events.onEvent = (e) => log.info({ event: JSON.parse(formatEvent(e)) as object }, `event ${e.type}`);
+      // The log is best effort: its first failure is news for whoever follows the events.
+      onLogFailure(log, ({ error, message }) => events.emit('log-failed', { error, message }));
       if (opts.diffLimit !== undefined) {
         if (opts.diffLimit < storage.sizeBytes) {
           throw BlksnapError.of('EINVAL', `diff_limit (${formatSize(opts.diffLimit)}) is smaller than the difference storage (${formatSize(storage.sizeBytes)})`);

@@ -30,6 +30,11 @@ export async function runForeground(origin: string, mountpoint: string, opts: Mo
     else process.stderr.write(`mount.blksnapfs: ${message}\n`);
     return EXIT_MOUNT_FAILED;
   }
+  // A last line of defence: a promise nobody awaited must not take the mount down (and
+  // with it whatever uses /origin). Each one is a bug, logged as such.
+  process.on('unhandledRejection', (err: unknown) => {
+    log.error({ err: err instanceof Error ? (err.stack ?? err.message) : String(err) }, 'bug: unhandled rejection');
+  });
   const onSignal = (signal: string): void => {
     log.info({ signal }, 'unmount requested');
     daemon.requestUnmount().catch((err: unknown) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cannot unmount yet'));

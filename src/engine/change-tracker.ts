@@ -11,6 +11,7 @@
  * point must be a full one.
  */
 import { v4 as uuidv4 } from 'uuid';
+import { notifyLater } from '../observer.js';
 
 export const MAX_CHANGE_NUMBER = 255;
 
@@ -26,7 +27,7 @@ export class ChangeTracker {
   private map: Uint8Array;
   private active = 1;
   private generation: string;
-  /** Called with the new generation id whenever the map is reset. */
+  /** Called with the new generation id whenever the map is reset (later, outside `freeze`). */
   onReset: ((generationId: string) => void) | null = null;
 
   constructor(blockSize: number, blockCount: number, generationId: string = uuidv4()) {
@@ -60,7 +61,7 @@ export class ChangeTracker {
       this.map.fill(0);
       this.active = 1;
       this.generation = uuidv4();
-      this.onReset?.(this.generation);
+      notifyLater('the change-map reset observer', this.onReset, this.generation);
     } else {
       this.active++;
     }

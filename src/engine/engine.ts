@@ -5,26 +5,32 @@
  *
  * A write to the origin, as the data flows:
  *   barrier.enter -> for each chunk a live snapshot still needs: save it once
- *   (single-flight per chunk: read origin -> allocate slot -> O_DIRECT write -> record
- *   for all snapshots in (savedThrough, newest]; on failure corrupt those snapshots and
- *   go on) -> wait for image readers still reading those chunks from the origin ->
- *   mark the change map -> write the origin -> barrier.leave.
+ *   (chunk-copy.ts: single-flight per chunk: read origin -> allocate slot -> O_DIRECT
+ *   write -> record for all snapshots in (savedThrough, newest]; on failure corrupt
+ *   those snapshots and go on) -> every copy settled -> wait for image readers still
+ *   reading those chunks from the origin -> mark the change map -> write the origin ->
+ *   barrier.leave.
  * The origin write happens whatever became of the copy: the origin never pays for a
  * snapshot's trouble.
+ *
+ * Life cycle: open -> closing (new operations fail with ESHUTDOWN; writes and reads in
+ * flight finish) -> closed (storage and origin closed). Nothing in the write, take or
+ * destroy paths depends on a log call or an event observer: the logger is wrapped
+ * best-effort and observers are called guarded (src/observer.ts).
  */
 import { v4 as uuidv4 } from 'uuid';
 import { BlksnapError, errnoNameOf } from '../errors.js';
 import type { OriginDevice } from '../storage/origin-device.js';
 import type { DiffStorage } from '../storage/diff-storage.js';
 import { AlignedBufferPool, alignDown, alignUp } from '../storage/aligned.js';
-import { CopyTable } from './copy-table.js';
+import { ChunkCopies } from './chunk-copy.js';
 import { WriteBarrier } from './write-barrier.js';
-import { OriginReaders } from './origin-readers.js';
+import { InFlight } from './in-flight.js';
 import { Snapshot, SNAPSHOT_NAME } from './snapshot.js';
 import type { EventQueue } from './event-queue.js';
 import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
-import { silentLogger, type Logger } from './logger.js';
+import { bestEffort, silentLogger, type Logger } from './logger.js';
 import { SavedWindowCache } from './saved-window-cache.js';
 import { SavedReadAhead } from './saved-read-ahead.js';
 
@@ -34,6 +40,8 @@ const READ_WINDOW = 256 * 1024;
 const READ_AHEAD_BYTES = 2 * 1024 * 1024;
 /** Memory allowed for chunk copies in flight (bounds concurrent copy-on-write). */
 const COPY_POOL_BYTES = 64 * 1024 * 1024;
+
+export type EngineStatus = 'open' | 'closing' | 'closed';
 
 export interface EngineParts {
   origin: OriginDevice;
@@ -52,11 +60,12 @@ export class SnapshotEngine {
   readonly tracker: ChangeTracker;
   private readonly log: Logger;
 
-  private readonly copies = new CopyTable();
+  private readonly chunks: ChunkCopies;
   private readonly barrier = new WriteBarrier();
-  private readonly readers = new OriginReaders();
-  private readonly copiesInFlight = new Map<number, Promise<void>>();
-  private readonly copyPool: AlignedBufferPool;
+  /** Reads (origin, images) and flushes in flight; close waits for them. */
+  private readonly reads = new InFlight();
+  private state: EngineStatus = 'open';
+  private closing: Promise<void> | null = null;
   private readonly readPool: AlignedBufferPool;
   private readonly readAhead: SavedReadAhead;
   /** Where each snapshot's next sequential image read would start. */
@@ -77,12 +86,25 @@ export class SnapshotEngine {
     this.geometry = parts.geometry;
     this.events = parts.events;
     this.tracker = parts.tracker;
-    this.log = parts.logger ?? silentLogger;
+    this.log = bestEffort(parts.logger ?? silentLogger);
     const chunk = this.geometry.chunkSize;
-    this.copyPool = new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk))));
     const window = Math.min(chunk, READ_WINDOW);
     this.readPool = new AlignedBufferPool(window, 32);
     this.readAhead = new SavedReadAhead(chunk, window, READ_AHEAD_BYTES);
+    this.chunks = new ChunkCopies({
+      origin: this.origin,
+      storage: this.storage,
+      chunkSize: chunk,
+      originSize: this.geometry.originSize,
+      pool: new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk)))),
+      slotReused: (slot) => {
+        this.windowCache.allocated(slot);
+        this.readAhead.forgetSlot(slot);
+      },
+      needed: (lo, hi) => this.anyLiveIn(lo, hi),
+      failed: (lo, hi, err, what) => this.corruptRange(lo, hi, err, what),
+    });
+    // Both are called later, outside the storage's and the tracker's own work.
     this.storage.onLowSpace = ({ freeBytes, requestedBytes }) => {
       this.events.emit('low-free-space', { free_bytes: freeBytes, requested_bytes: requestedBytes });
     };
@@ -93,6 +115,14 @@ export class SnapshotEngine {
 
   get originSize(): number {
     return this.geometry.originSize;
+  }
+
+  get status(): EngineStatus {
+    return this.state;
+  }
+
+  private checkOpen(what: string): void {
+    if (this.state !== 'open') throw BlksnapError.of('ESHUTDOWN', `cannot ${what}: the snapshot engine is ${this.state}`);
   }
 
   private get newestLiveSeq(): number {
@@ -108,31 +138,31 @@ export class SnapshotEngine {
   // ---- origin ------------------------------------------------------------------
 
   async readOrigin(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    this.checkOpen('read the origin');
     this.checkRange(position, length);
-    await this.origin.read(buf, offset, length, position);
+    this.reads.begin();
+    try {
+      await this.origin.read(buf, offset, length, position);
+    } finally {
+      this.reads.end();
+    }
   }
 
   async writeOrigin(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    this.checkOpen('write the origin');
     this.checkRange(position, length);
     if (this.origin.readOnly) throw BlksnapError.of('EROFS', 'the origin is mounted read-only');
     if (length === 0) return;
     if (this.barrier.enter() !== null) await this.barrier.enterWhenOpen();
     try {
+      // A write that waited at the gate while the engine began to close.
+      this.checkOpen('write the origin');
       const cs = this.geometry.chunkSize;
       const first = Math.floor(position / cs);
       const last = Math.floor((position + length - 1) / cs);
-      const newest = this.newestLiveSeq;
-      if (newest > 0) {
-        let saving: Array<Promise<void>> | null = null;
-        for (let c = first; c <= last; c++) {
-          if (this.copies.savedThrough(c) < newest) (saving ??= []).push(this.saveChunk(c));
-        }
-        if (saving !== null) await Promise.all(saving);
-      }
-      for (let c = first; c <= last; c++) {
-        const idle = this.readers.idle(c);
-        if (idle !== null) await idle;
-      }
+      // Every copy of this write settles before it leaves the barrier (see chunk-copy.ts).
+      const prepared = this.chunks.prepareWrite(first, last, this.newestLiveSeq);
+      if (prepared !== null) await prepared;
       this.tracker.mark(position, length);
       await this.origin.write(buf, offset, length, position);
     } finally {
@@ -141,42 +171,12 @@ export class SnapshotEngine {
   }
 
   async flushOrigin(): Promise<void> {
-    await this.origin.flush();
-  }
-
-  /** Single-flight: concurrent writes to one chunk share one copy. */
-  private saveChunk(chunk: number): Promise<void> {
-    const inFlight = this.copiesInFlight.get(chunk);
-    if (inFlight !== undefined) return inFlight;
-    const copying = this.copyChunk(chunk).finally(() => this.copiesInFlight.delete(chunk));
-    this.copiesInFlight.set(chunk, copying);
-    return copying;
-  }
-
-  private async copyChunk(chunk: number): Promise<void> {
-    const lo = this.copies.savedThrough(chunk);
-    const hi = this.newestLiveSeq;
-    const cs = this.geometry.chunkSize;
-    const buf = await this.copyPool.acquire();
-    let slot = -1;
+    this.checkOpen('flush the origin');
+    this.reads.begin();
     try {
-      const start = chunk * cs;
-      const length = Math.min(cs, this.originSize - start);
-      await this.origin.read(buf, 0, length, start);
-      if (length < cs) buf.fill(0, length);
-      slot = await this.storage.allocate(); // may wait for automatic growth
-      this.windowCache.allocated(slot);
-      this.readAhead.forgetSlot(slot);
-      await this.storage.writeChunk(slot, buf);
-      this.copies.add(chunk, lo, hi, slot);
-      // A snapshot released while we copied may have left this copy serving nobody.
-      if (!this.anyLiveIn(lo, hi)) this.copies.sweep((l, h) => this.anyLiveIn(l, h), (s) => this.storage.release(s));
-    } catch (err) {
-      if (slot >= 0 && this.copies.lookup(chunk, hi) !== slot) this.storage.release(slot);
-      this.corruptRange(lo, hi, err, `cannot save chunk ${chunk}`);
+      await this.origin.flush();
     } finally {
-      this.copies.setSavedThrough(chunk, hi);
-      this.copyPool.release(buf);
+      this.reads.end();
     }
   }
 
@@ -200,6 +200,7 @@ export class SnapshotEngine {
 
   /** Take a snapshot: a barrier against origin writes, then a new sequence number. */
   async take(name: string): Promise<Snapshot> {
+    this.checkOpen('take a snapshot');
     if (!SNAPSHOT_NAME.test(name)) {
       throw BlksnapError.of('EINVAL', `bad snapshot name "${name}": use 1-64 of A-Z a-z 0-9 . _ -, not starting with . _ or -`);
     }
@@ -207,6 +208,7 @@ export class SnapshotEngine {
     this.taking.add(name);
     try {
       return await this.barrier.quiesce(() => {
+        this.checkOpen('take a snapshot');
         const snap = new Snapshot({
           seq: ++this.lastSeq,
           name,
@@ -228,6 +230,7 @@ export class SnapshotEngine {
 
   /** rmdir: the name goes at once; the data stays until the last reference drops. */
   destroy(name: string): void {
+    this.checkOpen('destroy a snapshot');
     const snap = this.byName.get(name);
     if (snap === undefined) throw BlksnapError.of('ENOENT', `no snapshot named ${name}`);
     this.byName.delete(name);
@@ -251,12 +254,22 @@ export class SnapshotEngine {
     return all[all.length - 1];
   }
 
+  /**
+   * One more holder (an open file) of `snap`. A snapshot already released (destroyed,
+   * last holder gone, its copies freed) cannot be held again: ENOENT.
+   */
   acquire(snap: Snapshot): void {
-    snap.refs++;
+    this.checkOpen('open a snapshot');
+    if (snap.released) throw BlksnapError.of('ENOENT', `snapshot ${snap.name} (seq ${snap.seq}) was destroyed`);
+    snap.hold();
   }
 
+  /** One holder fewer. A release without a matching acquire changes nothing (it is logged as a bug). */
   release(snap: Snapshot): void {
-    snap.refs--;
+    if (!snap.drop()) {
+      this.log.error({ snapshot: snap.name, seq: snap.seq }, 'bug: snapshot released more often than acquired (ignored)');
+      return;
+    }
     this.releaseIfUnreachable(snap);
   }
 
@@ -265,17 +278,34 @@ export class SnapshotEngine {
     const i = this.live.indexOf(snap);
     if (i < 0) return;
     this.live.splice(i, 1);
-    const before = this.copies.savedCopies;
-    this.copies.sweep((lo, hi) => this.anyLiveIn(lo, hi), (slot) => this.storage.release(slot));
-    this.log.info({ snapshot: snap.name, seq: snap.seq, chunks_freed: before - this.copies.savedCopies }, 'snapshot released');
+    const before = this.chunks.savedCopies;
+    this.chunks.sweep();
+    this.log.info({ snapshot: snap.name, seq: snap.seq, chunks_freed: before - this.chunks.savedCopies }, 'snapshot released');
   }
 
   // ---- images ------------------------------------------------------------------
 
   /** Read the image of `snap`: each chunk from its saved copy, or from the origin if untouched since. */
   async readImage(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    this.checkOpen('read a snapshot image');
     this.checkRange(position, length);
     this.checkNotCorrupted(snap);
+    this.reads.begin();
+    try {
+      await this.readImagePieces(snap, buf, offset, length, position);
+    } finally {
+      this.reads.end();
+    }
+    // A copy that failed while we read means what we read may be newer than the snapshot.
+    this.checkNotCorrupted(snap);
+  }
+
+  /**
+   * The pieces of one image read, one per chunk, read concurrently. Every piece has
+   * settled before this returns or throws: a piece still reading into `buf` after the
+   * reply would write into a buffer the caller has moved on with.
+   */
+  private async readImagePieces(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     const cs = this.geometry.chunkSize;
     const pieces: Array<Promise<void>> = [];
     let done = 0;
@@ -290,9 +320,12 @@ export class SnapshotEngine {
     // A sequential reader: start reading the saved chunks just past this request.
     if (this.nextImageRead.get(snap) === position) this.readAheadImage(snap, Math.floor((position + length) / cs));
     this.nextImageRead.set(snap, position + length);
-    await Promise.all(pieces);
-    // A copy that failed while we read means what we read may be newer than the snapshot.
-    this.checkNotCorrupted(snap);
+    if (pieces.length === 1) {
+      await pieces[0];
+      return;
+    }
+    const outcomes = await Promise.allSettled(pieces);
+    for (const outcome of outcomes) if (outcome.status === 'rejected') throw outcome.reason;
   }
 
   /** Reads of a corrupted snapshot fail with EIO: its data may be newer than its point in time. */
@@ -301,23 +334,22 @@ export class SnapshotEngine {
   }
 
   private async readImagePiece(snap: Snapshot, chunk: number, inChunk: number, length: number, buf: Buffer, offset: number): Promise<void> {
-    const slot = this.copies.lookup(chunk, snap.seq);
-    if (slot >= 0) {
-      await this.readSaved(slot, inChunk, length, buf, offset);
-      return;
+    // Decision and reader registration in one synchronous call (see chunk-copy.ts).
+    const source = this.chunks.startRead(chunk, snap.seq);
+    switch (source.from) {
+      case 'saved':
+        await this.readSaved(source.slot, inChunk, length, buf, offset);
+        return;
+      case 'origin':
+        try {
+          await this.origin.read(buf, offset, length, chunk * this.geometry.chunkSize + inChunk);
+        } finally {
+          this.chunks.doneReading(chunk);
+        }
+        return;
+      case 'lost':
+        throw BlksnapError.of('EIO', `snapshot ${snap.name} lost chunk ${chunk}`);
     }
-    if (snap.seq > this.copies.savedThrough(chunk)) {
-      // Check and registration in one synchronous span: a writer that saves this chunk
-      // after this point waits for us before it overwrites the origin.
-      this.readers.enter(chunk);
-      try {
-        await this.origin.read(buf, offset, length, chunk * this.geometry.chunkSize + inChunk);
-      } finally {
-        this.readers.leave(chunk);
-      }
-      return;
-    }
-    throw BlksnapError.of('EIO', `snapshot ${snap.name} lost chunk ${chunk}`);
   }
 
   /**
@@ -330,7 +362,7 @@ export class SnapshotEngine {
     const to = Math.min(this.geometry.chunkCount - 1, from + chunks - 1);
     let originChunks = 0;
     for (let c = from; c <= to; c++) {
-      const slot = this.copies.lookup(c, snap.seq);
+      const slot = this.chunks.savedSlot(c, snap.seq);
       if (slot < 0) {
         originChunks++;
         continue;
@@ -383,6 +415,7 @@ export class SnapshotEngine {
 
   /** blksnap's cbtdirty: mark a byte range changed in the active map and the newest snapshot's map. */
   markDirty(offset: number, length: number): void {
+    this.checkOpen('mark a range dirty');
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > this.originSize) {
       throw BlksnapError.of('EINVAL', `cbt-dirty range ${offset}+${length} is outside the origin (${this.originSize} bytes)`);
     }
@@ -397,14 +430,32 @@ export class SnapshotEngine {
   // ---- state -------------------------------------------------------------------
 
   get savedChunks(): number {
-    return this.copies.savedCopies;
+    return this.chunks.savedCopies;
   }
 
-  /** Wait for writes in flight, then stop. */
-  async close(): Promise<void> {
-    await this.barrier.quiesce(async () => {
-      await this.storage.close();
-      await this.origin.close();
-    });
+  /**
+   * open -> closing -> closed: refuse new operations (ESHUTDOWN), wait for the writes
+   * (and so their copies) and reads in flight, then close the storage and the origin.
+   * Every caller waits on the same close.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.shutDown();
+    return this.closing;
+  }
+
+  private async shutDown(): Promise<void> {
+    this.state = 'closing';
+    try {
+      await this.barrier.quiesce(async () => {
+        await this.reads.drained();
+        try {
+          await this.storage.close();
+        } finally {
+          await this.origin.close();
+        }
+      });
+    } finally {
+      this.state = 'closed';
+    }
   }
 }

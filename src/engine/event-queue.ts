@@ -7,6 +7,8 @@
  * `events-lost` line) instead of a silent gap. (blksnap's own queue is unbounded; a
  * daemon must not grow without limit because nobody reads its events.)
  */
+import { notifySafely } from '../observer.js';
+
 export const EVENT_BACKLOG = 1024;
 /** Bounds for `-o event_backlog=N`. */
 export const MIN_EVENT_BACKLOG = 1;
@@ -14,7 +16,7 @@ export const MAX_EVENT_BACKLOG = 1_000_000;
 
 export type EventType =
   | 'snapshot-taken' | 'snapshot-destroyed' | 'low-free-space' | 'corrupted'
-  | 'storage-appended' | 'storage-grown' | 'cbt-reset';
+  | 'storage-appended' | 'storage-grown' | 'cbt-reset' | 'log-failed';
 
 export type EventFields = Record<string, string | number | boolean | null>;
 
@@ -33,7 +35,7 @@ export class EventQueue {
   private readonly ring: Array<BlksnapEvent | undefined>;
   private nextSeq = 1;
   private readonly wakers = new Set<() => void>();
-  /** Extra observer (the daemon's log). */
+  /** Extra observer (the daemon's log); called after the followers, and never allowed to throw into `emit`. */
   onEvent: ((e: BlksnapEvent) => void) | null = null;
 
   constructor(readonly capacity = EVENT_BACKLOG) {
@@ -46,10 +48,10 @@ export class EventQueue {
   emit(type: EventType, fields: EventFields): BlksnapEvent {
     const event: BlksnapEvent = { seq: this.nextSeq++, time: new Date().toISOString(), type, fields };
     this.ring[event.seq % this.capacity] = event;
-    this.onEvent?.(event);
     const wakers = [...this.wakers];
     this.wakers.clear();
     for (const wake of wakers) wake();
+    notifySafely('the event observer', this.onEvent, event);
     return event;
   }
 

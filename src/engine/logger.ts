@@ -12,3 +12,21 @@ export const silentLogger: Logger = {
   warn: () => undefined,
   error: () => undefined,
 };
+
+/**
+ * A logger whose calls never throw. The engine logs from inside its critical sections
+ * (a snapshot just numbered, a name just removed, a copy just failed); a log that cannot
+ * be written must cost a log line, never the operation. The daemon's own destination is
+ * best-effort already (src/daemon/log-destination.ts); this guards any other logger too.
+ */
+export function bestEffort(log: Logger): Logger {
+  const guard = (level: keyof Logger) => (obj: object, msg?: string): void => {
+    try {
+      if (msg === undefined) log[level](obj);
+      else log[level](obj, msg);
+    } catch {
+      // the log is best-effort; its destination reports its own failure
+    }
+  };
+  return { debug: guard('debug'), info: guard('info'), warn: guard('warn'), error: guard('error') };
+}

@@ -30,8 +30,8 @@ export class Snapshot {
   errorMessage: string | null = null;
   /** rmdir has run: the name is gone, the data stays until the last reference drops. */
   destroyed = false;
-  /** Open files (and other holders) of this snapshot. */
-  refs = 0;
+  /** Open files (and other holders) of this snapshot; never below 0. */
+  private holders = 0;
 
   constructor(init: { seq: number; name: string; uuid: string; created: Date; deviceCapacity: number; cbt: FrozenMap }) {
     this.seq = init.seq;
@@ -51,13 +51,33 @@ export class Snapshot {
     return true;
   }
 
+  get refs(): number {
+    return this.holders;
+  }
+
+  /** One more holder. */
+  hold(): void {
+    this.holders++;
+  }
+
+  /**
+   * One holder fewer. false, and nothing changes, when there is none: a double release
+   * must never drive the count negative (a later holder's release would then free the
+   * snapshot's space while that holder still reads it).
+   */
+  drop(): boolean {
+    if (this.holders <= 0) return false;
+    this.holders--;
+    return true;
+  }
+
   get corrupted(): boolean {
     return this.state === 'corrupted';
   }
 
   /** Nothing can reach it any more: no name and no open file. */
   get released(): boolean {
-    return this.destroyed && this.refs === 0;
+    return this.destroyed && this.holders === 0;
   }
 }
 

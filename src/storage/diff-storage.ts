@@ -16,6 +16,7 @@
  */
 import { BlksnapError } from '../errors.js';
 import type { DiffStorageFile } from './diff-storage-file.js';
+import { notifyLater } from '../observer.js';
 
 interface Extent {
   file: DiffStorageFile;
@@ -66,7 +67,10 @@ export class DiffStorage {
   private belowThreshold = false;
   /** The current crossing has been reported through onLowSpace. */
   private lowSpaceAnnounced = false;
-  /** Called once each time free space falls below the threshold. */
+  /**
+   * Called once each time free space falls below the threshold; later, outside the
+   * allocation that crossed it (a throwing observer cannot cost that allocation).
+   */
   onLowSpace: ((notice: LowSpaceNotice) => void) | null = null;
   /** Automatic growth, when configured. */
   manager: SpaceManager | null = null;
@@ -182,7 +186,7 @@ export class DiffStorage {
     if (!this.belowThreshold || this.lowSpaceAnnounced) return;
     this.lowSpaceAnnounced = true;
     const free = this.freeBytes;
-    this.onLowSpace?.({ freeBytes: free, requestedBytes: Math.max(0, this.threshold - free) });
+    notifyLater('the low-space observer', this.onLowSpace, { freeBytes: free, requestedBytes: Math.max(0, this.threshold - free) });
   }
 
   private locate(slot: number): { file: DiffStorageFile; position: number } {

@@ -15,9 +15,14 @@
  *   origin write succeeds.
  * - After a failed step it does not try again for RETRY_MS, so a full file system
  *   does not turn every allocation into a failed fallocate.
+ * - A growth never rejects: copies wait on it (`whenMore`), and nobody else does, so a
+ *   rejection would be unhandled and end the daemon. Its reports (`onGrown`,
+ *   `onError`) run later, outside the step, and cannot turn a step that succeeded
+ *   into a failed one.
  */
 import type { DiffStorage, SpaceManager } from './diff-storage.js';
 import type { DiffStorageFile } from './diff-storage-file.js';
+import { notifyLater } from '../observer.js';
 
 const RETRY_MS = 5000;
 
@@ -33,9 +38,9 @@ export class StorageGrowth implements SpaceManager {
   private inFlight: Promise<void> | null = null;
   private failedAt = -Infinity;
   private closed = false;
-  /** Each successful step (the daemon turns it into a `storage-grown` event). */
+  /** Each successful step (the daemon turns it into a `storage-grown` event); called in a microtask. */
   onGrown: ((report: GrowthReport) => void) | null = null;
-  /** Each failed step. */
+  /** Each failed step; called in a microtask. */
   onError: ((err: unknown) => void) | null = null;
 
   constructor(private readonly storage: DiffStorage, readonly limit: number, readonly step: number) {}
@@ -66,9 +71,15 @@ export class StorageGrowth implements SpaceManager {
   }
 
   private start(): void {
-    const run = this.grow().finally(() => {
-      if (this.inFlight === run) this.inFlight = null;
-    });
+    const run = this.grow()
+      .catch((err: unknown) => {
+        // grow() handles its own errors; this is the last line against a bug in it.
+        this.failedAt = Date.now();
+        notifyLater('the growth error observer', this.onError, err);
+      })
+      .finally(() => {
+        if (this.inFlight === run) this.inFlight = null;
+      });
     this.inFlight = run;
   }
 
@@ -78,14 +89,15 @@ export class StorageGrowth implements SpaceManager {
     while (!this.closed && (s.freeBytes < s.threshold || s.freeBytes < s.chunkSize)) {
       const bytes = this.nextStep();
       if (bytes <= 0) break;
+      let file: DiffStorageFile;
       try {
-        const file = await s.extend(bytes);
-        this.onGrown?.({ file, bytes, total: s.sizeBytes });
+        file = await s.extend(bytes);
       } catch (err) {
         this.failedAt = Date.now();
-        this.onError?.(err);
+        notifyLater('the growth error observer', this.onError, err);
         break;
       }
+      notifyLater('the growth observer', this.onGrown, { file, bytes, total: s.sizeBytes });
     }
     // Still short of the threshold: this crossing is for somebody else to handle.
     s.announceLowSpace();

@@ -11,6 +11,7 @@ import { deriveGeometry } from '../../src/engine/geometry.js';
 import { OriginDevice } from '../../src/storage/origin-device.js';
 import { DiffStorage } from '../../src/storage/diff-storage.js';
 import { DiffStorageFile } from '../../src/storage/diff-storage-file.js';
+import type { Logger } from '../../src/engine/logger.js';
 import { makeImage, scratchDir } from './fixture.js';
 
 export interface EngineSpec {
@@ -18,6 +19,8 @@ export interface EngineSpec {
   chunkSize: number;
   diffSize: number;
   threshold?: number;
+  /** The engine's logger (default: silent). */
+  logger?: Logger;
 }
 
 export interface EngineUnderTest {
@@ -38,7 +41,7 @@ export async function openEngine(t: ExecutionContext, spec: EngineSpec): Promise
   storage.addFile(file);
   const events = new EventQueue();
   const tracker = new ChangeTracker(geometry.blockSize, geometry.blockCount);
-  const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker });
+  const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, ...(spec.logger !== undefined ? { logger: spec.logger } : {}) });
   let closed = false;
   t.teardown(async () => {
     if (!closed) await engine.close();
