@@ -2,8 +2,8 @@
  * If the daemon dies (kill -9, a crash), its mount must not stay behind as "Transport
  * endpoint is not connected". libfuse 3 does this with fusermount3's auto_unmount,
  * which this machine does not have (Debian's fuse3 package would remove libfuse 2's
- * fusermount). So: a watchdog process forked at mount time waits on a pipe. A clean
- * close writes one byte (nothing to do); end of file means the daemon died, and the
+ * fusermount). So: a watchdog process started at mount time waits on a pipe. A clean
+ * close writes a line (nothing to do); end of file means the daemon died, and the
  * watchdog lazily unmounts the mount point, but only if the mount there is still ours
  * (same device number), never a newer mount on the same path.
  */
@@ -38,8 +38,7 @@ static void escape_path(const char *in, char *out, size_t outlen) {
 
 /*
  * Does /proc/self/mountinfo have `mountpoint` with device `devnum`? With `devnum` NULL,
- * copy the device of the last such mount into `found`. Only read(2), open(2) and
- * string work: the watchdog calls it in a forked child of a threaded process.
+ * copy the device of the last such mount into `found`.
  */
 static int scan_mountinfo(const char *escaped, const char *devnum, char *found, size_t foundlen) {
   static char text[1 << 20];
@@ -84,26 +83,27 @@ int bs_find_devnum(const char *mountpoint, char *out, size_t outlen) {
   return scan_mountinfo(escaped, NULL, out, outlen) ? 0 : -1;
 }
 
-static void watchdog_main(int rfd, const char *escaped, const char *mountpoint, const char *devnum) {
-  char c;
-  ssize_t n;
-  setsid();
-  signal(SIGINT, SIG_IGN);
-  signal(SIGTERM, SIG_IGN);
-  signal(SIGHUP, SIG_IGN);
-  do n = read(rfd, &c, 1);
-  while (n < 0 && errno == EINTR);
-  if (n == 1) _exit(0);
-  if (devnum[0] != '\0' && scan_mountinfo(escaped, devnum, NULL, 0)) umount2(mountpoint, MNT_DETACH);
-  _exit(0);
-}
+/*
+ * The watchdog is a small shell script, exec'd in the forked child (exec is one of the
+ * few things a child of a threaded process may do), so that it shows as
+ * "blksnapfs-watchdog" and not as a second daemon. $1 device, $2 mount point as
+ * mountinfo writes it, $3 the mount point.
+ */
+static const char WATCHDOG_SCRIPT[] =
+  "read -r _ <&3 && exit 0\n"
+  "while read -r _ _ dev _ mp _; do\n"
+  "  if [ \"$dev\" = \"$1\" ] && [ \"$mp\" = \"$2\" ]; then exec umount -i -l -- \"$3\"; fi\n"
+  "done < /proc/self/mountinfo\n";
 
 int bs_watchdog_start(bs_session *s) {
+  if (s->devnum[0] == '\0') return 0; /* not found in mountinfo: nothing we could check */
   int p[2];
   if (pipe2(p, O_CLOEXEC) != 0) return -1;
-  /* Prepared before fork: the child may only make async-signal-safe calls. */
+  /* Everything the child needs is prepared before fork. */
   static char escaped[8192];
   escape_path(s->mountpoint, escaped, sizeof(escaped));
+  char *argv[] = {"blksnapfs-watchdog", "-c", (char *)WATCHDOG_SCRIPT, "blksnapfs-watchdog", s->devnum, escaped, s->mountpoint, NULL};
+  char *envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL};
   pid_t pid = fork();
   if (pid < 0) {
     close(p[0]);
@@ -113,6 +113,7 @@ int bs_watchdog_start(bs_session *s) {
   if (pid == 0) {
     /* Keep only the pipe: an inherited /dev/fuse descriptor would keep the dead
      * session alive, an inherited origin descriptor its lock. */
+    setsid();
     int null = open("/dev/null", O_RDWR);
     if (null >= 0) {
       dup2(null, 0);
@@ -121,7 +122,8 @@ int bs_watchdog_start(bs_session *s) {
     }
     if (dup2(p[0], 3) < 0) _exit(1);
     syscall(SYS_close_range, 4U, ~0U, 0U);
-    watchdog_main(3, escaped, s->mountpoint, s->devnum);
+    execve("/bin/sh", argv, envp);
+    _exit(1);
   }
   close(p[0]);
   s->watchdog_fd = p[1];
@@ -131,9 +133,9 @@ int bs_watchdog_start(bs_session *s) {
 
 void bs_watchdog_disarm(bs_session *s) {
   if (s->watchdog_fd < 0) return;
-  char c = 'k';
+  const char line[] = "ok\n";
   ssize_t n;
-  do n = write(s->watchdog_fd, &c, 1);
+  do n = write(s->watchdog_fd, line, sizeof(line) - 1);
   while (n < 0 && errno == EINTR);
   close(s->watchdog_fd);
   s->watchdog_fd = -1;
