@@ -106,6 +106,8 @@ export class Daemon {
             throw err;
           }),
           cbtDirty: (offset, length) => engine.markDirty(offset, length),
+          freeze: (ms) => engine.freezer.freeze(ms),
+          thaw: () => engine.freezer.thaw(),
         },
       });
       const ops = createFuseOps({ tree, handles, log });

@@ -19,6 +19,7 @@ import type { DiffStorage } from '../storage/diff-storage.js';
 import { AlignedBufferPool, alignDown, alignUp } from '../storage/aligned.js';
 import { CopyTable } from './copy-table.js';
 import { WriteBarrier } from './write-barrier.js';
+import { OriginFreeze } from './origin-freeze.js';
 import { OriginReaders } from './origin-readers.js';
 import { Snapshot, SNAPSHOT_NAME } from './snapshot.js';
 import type { EventQueue } from './event-queue.js';
@@ -54,6 +55,8 @@ export class SnapshotEngine {
 
   private readonly copies = new CopyTable();
   private readonly barrier = new WriteBarrier();
+  /** /control freeze and thaw: a caller-held close of the same gate. */
+  readonly freezer: OriginFreeze;
   private readonly readers = new OriginReaders();
   private readonly copiesInFlight = new Map<number, Promise<void>>();
   private readonly copyPool: AlignedBufferPool;
@@ -78,6 +81,7 @@ export class SnapshotEngine {
     this.events = parts.events;
     this.tracker = parts.tracker;
     this.log = parts.logger ?? silentLogger;
+    this.freezer = new OriginFreeze(this.barrier, this.events, this.log);
     const chunk = this.geometry.chunkSize;
     this.copyPool = new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk))));
     const window = Math.min(chunk, READ_WINDOW);
@@ -402,6 +406,8 @@ export class SnapshotEngine {
 
   /** Wait for writes in flight, then stop. */
   async close(): Promise<void> {
+    // Writes held by a freeze are in flight too: let them finish instead of waiting out the deadline.
+    this.freezer.dispose();
     await this.barrier.quiesce(async () => {
       await this.storage.close();
       await this.origin.close();
