@@ -100,10 +100,10 @@ async function checkRequest(req: SetRequest): Promise<string[]> {
   for (const m of mounts) {
     if (seen.has(m)) throw BlksnapError.of('EINVAL', `${m} is named twice`);
     seen.add(m);
-    const status = await readStatus(m).catch((err: unknown) => {
+    // A name taken already is left for mkdir to find: checking here could not close the race anyway.
+    await readStatus(m).catch((err: unknown) => {
       throw asBlksnapError(err, `${m} is not a blksnapfs mount`);
     });
-    if (status.snapshots.some((s) => s.name === req.name)) throw BlksnapError.of('EEXIST', `snapshot ${req.name} already exists on ${m}`);
   }
   if (new Set(req.fsfreeze).size !== req.fsfreeze.length) throw BlksnapError.of('EINVAL', 'a --fsfreeze directory is named twice');
   return mounts;
