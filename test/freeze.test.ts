@@ -176,6 +176,11 @@ test('--fsfreeze: the image is a clean ext4; the file system is thawed after a f
   await sh(`for i in $(seq 1 16); do head -c 1M /dev/urandom > ${fsDir}/f$i; done; cd ${fsDir} && sha256sum f* > ${dir}/files.sha`);
   const busy = owned(t, 'bash', ['-c', `mkdir -p ${fsDir}/busy; i=0; while true; do head -c 256K /dev/urandom > ${fsDir}/busy/$((i % 64)); i=$((i+1)); done`]);
 
+  const notMountPoint = await cli('snapshot', 'take', a.mnt, b.mnt, 'clean', '--fsfreeze', a.dir);
+  t.not(notMountPoint.code, 0);
+  t.regex(notMountPoint.stderr, /not a mount point/, 'fsfreeze of a plain directory would freeze whatever holds it');
+  t.not((await cli('snapshot', 'take', a.mnt)).code, 0, 'a mount and no name');
+
   const r = await cli('snapshot', 'take', a.mnt, b.mnt, 'clean', '--fsfreeze', fsDir);
   t.is(r.code, 0, r.stderr);
   t.false(await isFrozen(), 'thawed after the take');

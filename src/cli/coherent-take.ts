@@ -21,7 +21,7 @@
  * may not have been one point in time.
  */
 import { spawn } from 'node:child_process';
-import { realpath } from 'node:fs/promises';
+import { readFile, realpath } from 'node:fs/promises';
 import { asBlksnapError, BlksnapError } from '../errors.js';
 import { SNAPSHOT_NAME } from '../engine/snapshot.js';
 import { destroySnapshot, readInfo, readStatus, sendControl, takeSnapshot, type InfoDoc } from './client.js';
@@ -88,7 +88,18 @@ async function eachAtOnce(items: string[], step: (item: string) => Promise<void>
   return { done, failure: failed === undefined ? null : failed.reason };
 }
 
-async function checkRequest(req: SetRequest): Promise<string[]> {
+/** The mount points of this mount namespace, unescaped (mountinfo writes a space as \\040). */
+async function mountPointsNow(): Promise<Set<string>> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const unescape = (p: string): string => p.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+  return new Set(text.split('\n').flatMap((line) => {
+    const field = line.split(' ')[4];
+    return field === undefined ? [] : [unescape(field)];
+  }));
+}
+
+/** The mounts and --fsfreeze directories, resolved and checked before anything is frozen. */
+async function checkRequest(req: SetRequest): Promise<{ mounts: string[]; fsDirs: string[] }> {
   if (!SNAPSHOT_NAME.test(req.name)) throw BlksnapError.of('EINVAL', `bad snapshot name "${req.name}"`);
   if (!Number.isSafeInteger(req.freezeMs) || req.freezeMs < 1 || req.freezeMs > 60_000) {
     throw BlksnapError.of('EINVAL', `--freeze-timeout must be 1..60000 milliseconds, not ${req.freezeMs}`);
@@ -105,8 +116,16 @@ async function checkRequest(req: SetRequest): Promise<string[]> {
       throw asBlksnapError(err, `${m} is not a blksnapfs mount`);
     });
   }
-  if (new Set(req.fsfreeze).size !== req.fsfreeze.length) throw BlksnapError.of('EINVAL', 'a --fsfreeze directory is named twice');
-  return mounts;
+  const fsDirs = await Promise.all(req.fsfreeze.map(async (d) => realpath(d).catch((err: unknown) => {
+    throw asBlksnapError(err, `cannot use --fsfreeze ${d}`);
+  })));
+  if (new Set(fsDirs).size !== fsDirs.length) throw BlksnapError.of('EINVAL', 'a --fsfreeze directory is named twice');
+  // fsfreeze on any other directory freezes whatever file system holds it (perhaps /).
+  const mountPoints = await mountPointsNow();
+  for (const dir of fsDirs) {
+    if (!mountPoints.has(dir)) throw BlksnapError.of('EINVAL', `--fsfreeze ${dir} is not a mount point`);
+  }
+  return { mounts, fsDirs };
 }
 
 /** Thaw what was frozen, newest first; the first failure, or null. */
@@ -130,7 +149,7 @@ async function thawAll(frozenMounts: string[], frozenFs: string[], freezeMs: num
 
 /** Take the set; on failure nothing of it is left and every freeze is undone. */
 export async function takeCoherentSet(req: SetRequest): Promise<SetMember[]> {
-  const mounts = await checkRequest(req);
+  const { mounts, fsDirs } = await checkRequest(req);
   // One mount needs no freeze of its own: mkdir is already a point in time.
   const freezeMounts = mounts.length > 1;
   const latch = new SignalLatch();
@@ -142,7 +161,7 @@ export async function takeCoherentSet(req: SetRequest): Promise<SetMember[]> {
     let failure: unknown = null;
     try {
       // File systems one at a time: one of them may live on another's device.
-      for (const dir of req.fsfreeze) {
+      for (const dir of fsDirs) {
         latch.check();
         await fsfreeze('-f', dir);
         frozenFs.push(dir);

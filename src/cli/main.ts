@@ -110,7 +110,7 @@ if any take fails, the snapshots already taken are destroyed and the command fai
       const mounts = args.slice(0, -1);
       if (name === undefined || mounts.length === 0) throw BlksnapError.of('EINVAL', 'usage: snapshot take MOUNT [MOUNT...] NAME');
       const freezeMs = /^\d{1,9}$/.test(o.freezeTimeout) ? Number(o.freezeTimeout) : NaN;
-      const set = await takeCoherentSet({ mounts, name, fsfreeze: o.fsfreeze.map((d) => resolve(d)), freezeMs });
+      const set = await takeCoherentSet({ mounts, name, fsfreeze: o.fsfreeze, freezeMs });
       const one = set.length === 1 ? set[0] : undefined;
       if (one !== undefined) {
         print(o.json === true, { ...one.info, mount: one.mount }, () => `${one.info.name} ${one.info.uuid} ${one.info.created}\n`);
