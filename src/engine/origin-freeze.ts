@@ -27,6 +27,8 @@ export type ThawReason = 'thaw' | 'deadline';
 
 interface Hold {
   release: () => void;
+  /** Resolves the freeze's `ended` promise, so a freeze still draining stops waiting at once. */
+  signalEnded: () => void;
   timer: NodeJS.Timeout;
   until: Date;
   /** Draining until the writes in flight have left; frozen after (the `frozen` event went out). */
@@ -55,17 +57,18 @@ export class OriginFreeze {
       throw BlksnapError.of('EINVAL', `freeze needs 1..${MAX_FREEZE_MS} milliseconds, not ${ms}`);
     }
     if (this.hold !== null) throw BlksnapError.of('EBUSY', 'the origin is already frozen (thaw it first)');
+    let signalEnded!: () => void;
+    const ended = new Promise<void>((resolve) => (signalEnded = resolve));
     const hold: Hold = {
       release: this.barrier.hold(),
+      signalEnded,
       timer: setTimeout(() => this.end(hold, 'deadline'), ms),
       until: new Date(Date.now() + ms),
       frozen: false,
       endedBy: null,
     };
-    // The deadline must not keep a stopping daemon alive.
-    hold.timer.unref();
     this.hold = hold;
-    await this.barrier.drained();
+    await Promise.race([this.barrier.drained(), ended]);
     if (hold.endedBy === 'deadline') throw BlksnapError.of('ETIMEDOUT', `the writes in flight did not finish within ${ms} ms; the origin was not frozen`);
     if (hold.endedBy === 'thaw') throw BlksnapError.of('EINTR', 'thawed before the writes in flight finished; the origin was not frozen');
     hold.frozen = true;
@@ -78,7 +81,7 @@ export class OriginFreeze {
     this.end(this.hold, 'thaw');
   }
 
-  /** Open the gate at unmount, whatever holds it. */
+  /** Open the gate at unmount, whatever holds it (this also clears the deadline's timer). */
   dispose(): void {
     if (this.hold !== null) this.end(this.hold, 'thaw');
   }
@@ -88,6 +91,7 @@ export class OriginFreeze {
     this.hold = null;
     clearTimeout(hold.timer);
     hold.release();
+    hold.signalEnded();
     if (!hold.frozen) {
       hold.endedBy = reason;
       return;
