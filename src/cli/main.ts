@@ -10,7 +10,8 @@ import { EXIT_USAGE, launch } from '../daemon/launch.js';
 import { OPTION_TABLE, applyOption, emptyOptions, parseOptionString } from '../daemon/options.js';
 import { BlksnapError } from '../errors.js';
 import { humanSize } from '../sizes.js';
-import { destroySnapshot, readInfo, readStatus, sendControl, takeSnapshot } from './client.js';
+import { destroySnapshot, readInfo, readStatus, sendControl } from './client.js';
+import { DEFAULT_FREEZE_MS, takeCoherentSet } from './coherent-take.js';
 import { registerCbtCommands } from './cbt-commands.js';
 import { registerBackupCommands } from './backup-commands.js';
 import { followEvents } from './follow-events.js';
@@ -96,14 +97,28 @@ export function buildProgram(): Command {
   const snapshot = program.command('snapshot').description('take, list and destroy snapshots');
   snapshot
     .command('take')
-    .description('take a snapshot (same as mkdir MOUNT/snapshots/NAME)')
-    .argument('<mountpoint>')
-    .argument('<name>')
-    .option('--json', 'print the new snapshot as JSON')
-    .action(async (mnt: string, name: string, o: { json?: boolean }) => {
-      await takeSnapshot(mnt, name);
-      const info = await readInfo(mnt, name);
-      print(o.json === true, info, () => `${info.name} ${info.uuid} ${info.created}\n`);
+    .description('take a snapshot (mkdir MOUNT/snapshots/NAME); with several mounts, one coherent snapshot of all of them')
+    .argument('<mount-and-name...>', 'MOUNT [MOUNT...] NAME')
+    .option('--fsfreeze <dir>', 'fsfreeze the file system mounted at DIR around the take (repeatable)', (v: string, all: string[]) => [...all, v], [])
+    .option('--freeze-timeout <ms>', 'with several mounts: each mount thaws by itself after this long (at most 60000)', String(DEFAULT_FREEZE_MS))
+    .option('--json', 'print the new snapshot as JSON (an array of them with several mounts)')
+    .addHelpText('after', `
+With several mounts: fsfreeze -f each DIR, freeze every mount, mkdir NAME in each, thaw
+every mount, fsfreeze -u each DIR. Every thaw happens on every error and on SIGINT/SIGTERM;
+if any take fails, the snapshots already taken are destroyed and the command fails.`)
+    .action(async (args: string[], o: { json?: boolean; fsfreeze: string[]; freezeTimeout: string }) => {
+      const name = args[args.length - 1];
+      const mounts = args.slice(0, -1);
+      if (name === undefined || mounts.length === 0) throw BlksnapError.of('EINVAL', 'usage: snapshot take MOUNT [MOUNT...] NAME');
+      const freezeMs = /^\d{1,9}$/.test(o.freezeTimeout) ? Number(o.freezeTimeout) : NaN;
+      const set = await takeCoherentSet({ mounts, name, fsfreeze: o.fsfreeze, freezeMs });
+      const one = set.length === 1 ? set[0] : undefined;
+      if (one !== undefined) {
+        print(o.json === true, { ...one.info, mount: one.mount }, () => `${one.info.name} ${one.info.uuid} ${one.info.created}\n`);
+      } else {
+        print(o.json === true, set.map((m) => ({ ...m.info, mount: m.mount })), () =>
+          set.map((m) => `${m.mount}\t${m.info.name} ${m.info.uuid} ${m.info.created}\n`).join(''));
+      }
     });
   snapshot
     .command('list')

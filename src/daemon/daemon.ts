@@ -118,6 +118,8 @@ export class Daemon {
             throw err;
           }),
           cbtDirty: (offset, length) => engine.markDirty(offset, length),
+          freeze: (ms) => engine.freezer.freeze(ms),
+          thaw: () => engine.freezer.thaw(),
         },
       });
       session = await transportByName(opts.transport).mount(tree, {

@@ -26,6 +26,7 @@ import { AlignedBufferPool, alignDown, alignUp } from '../storage/aligned.js';
 import { ChunkCopies } from './chunk-copy.js';
 import { WriteBarrier } from './write-barrier.js';
 import { InFlight } from './in-flight.js';
+import { OriginFreeze } from './origin-freeze.js';
 import { Snapshot, SNAPSHOT_NAME } from './snapshot.js';
 import type { EventQueue } from './event-queue.js';
 import type { ChangeTracker } from './change-tracker.js';
@@ -66,6 +67,8 @@ export class SnapshotEngine {
   private readonly reads = new InFlight();
   private state: EngineStatus = 'open';
   private closing: Promise<void> | null = null;
+  /** /control freeze and thaw: a caller-held close of the same gate. */
+  readonly freezer: OriginFreeze;
   private readonly readPool: AlignedBufferPool;
   private readonly readAhead: SavedReadAhead;
   /** Where each snapshot's next sequential image read would start. */
@@ -87,6 +90,7 @@ export class SnapshotEngine {
     this.events = parts.events;
     this.tracker = parts.tracker;
     this.log = bestEffort(parts.logger ?? silentLogger);
+    this.freezer = new OriginFreeze(this.barrier, this.events, this.log);
     const chunk = this.geometry.chunkSize;
     const window = Math.min(chunk, READ_WINDOW);
     this.readPool = new AlignedBufferPool(window, 32);
@@ -445,6 +449,8 @@ export class SnapshotEngine {
 
   private async shutDown(): Promise<void> {
     this.state = 'closing';
+    // Writes held by a freeze are in flight too: let them finish instead of waiting out the deadline.
+    this.freezer.dispose();
     try {
       await this.barrier.quiesce(async () => {
         await this.reads.drained();

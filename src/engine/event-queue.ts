@@ -16,7 +16,7 @@ export const MAX_EVENT_BACKLOG = 1_000_000;
 
 export type EventType =
   | 'snapshot-taken' | 'snapshot-destroyed' | 'low-free-space' | 'corrupted'
-  | 'storage-appended' | 'storage-grown' | 'cbt-reset' | 'log-failed';
+  | 'storage-appended' | 'storage-grown' | 'cbt-reset' | 'log-failed' | 'frozen' | 'thawed';
 
 export type EventFields = Record<string, string | number | boolean | null>;
 

@@ -1,17 +1,22 @@
 /**
- * The barrier that makes taking a snapshot a point in time.
+ * The gate every origin write passes, which makes taking a snapshot a point in time
+ * and lets /control freeze the origin.
  *
- * Every origin write enters and leaves. `quiesce(fn)` closes the gate to new writes,
- * waits until the writes already inside have left, runs `fn` (which creates the
- * snapshot), and opens the gate again. So every write that completed before mkdir is
- * in the snapshot, and every write that starts after it sees the snapshot and saves
- * the chunks it needs. `enter` returns null on the fast path, so an ordinary write
- * allocates no promise for the barrier.
+ * Every origin write enters and leaves. Whoever needs the origin still holds the gate
+ * closed (`hold`): new writes wait at it, and `drained()` resolves once the writes
+ * already inside have left. Holds are counted, and the gate opens when the last one is
+ * released, so a snapshot take (`quiesce`) works while a /control freeze holds the
+ * gate too: it shares the closed gate instead of waiting for it to open, which would
+ * deadlock `mkdir` under `freeze`. `enter` returns null on the fast path, so an
+ * ordinary write allocates no promise for the barrier.
  */
 export class WriteBarrier {
   private inFlight = 0;
+  /** How many holders keep the gate closed; the gate is open exactly when this is 0. */
+  private holds = 0;
   private gate: Promise<void> | null = null;
-  private drained: (() => void) | null = null;
+  private openGate: (() => void) | null = null;
+  private drainWaiters: Array<() => void> = [];
 
   /** null when the write may proceed now; otherwise wait for the promise and call again. */
   enter(): Promise<void> | null {
@@ -26,23 +31,42 @@ export class WriteBarrier {
 
   leave(): void {
     this.inFlight--;
-    if (this.inFlight === 0 && this.drained !== null) {
-      const done = this.drained;
-      this.drained = null;
-      done();
+    if (this.inFlight === 0 && this.drainWaiters.length > 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const done of waiters) done();
     }
   }
 
+  /** Close the gate to new writes until the returned release is called (once; later calls do nothing). */
+  hold(): () => void {
+    if (this.holds++ === 0) this.gate = new Promise<void>((resolve) => (this.openGate = resolve));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.holds > 0) return;
+      const open = this.openGate;
+      this.gate = null;
+      this.openGate = null;
+      open?.();
+    };
+  }
+
+  /** Resolves when no write is inside (meaningful while the gate is held). */
+  drained(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  /** Run `fn` with the gate held and no write inside. */
   async quiesce<T>(fn: () => T | Promise<T>): Promise<T> {
-    while (this.gate !== null) await this.gate;
-    let open!: () => void;
-    this.gate = new Promise<void>((resolve) => (open = resolve));
+    const release = this.hold();
     try {
-      if (this.inFlight > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+      await this.drained();
       return await fn();
     } finally {
-      this.gate = null;
-      open();
+      release();
     }
   }
 }

@@ -11,6 +11,9 @@ export interface ControlCommands {
   /** `ctx` is the caller: only root may append storage (see the interface contract). */
   storageAppend(path: string, size: number, ctx: RequestContext): Promise<void>;
   cbtDirty(offset: number, length: number): void;
+  /** Returns once the origin is frozen (new writes held, those in flight finished). */
+  freeze(milliseconds: number): Promise<void>;
+  thaw(): void;
 }
 
 function parseInteger(what: string, text: string | undefined): number {
@@ -33,6 +36,17 @@ export async function runControlLine(line: string, commands: ControlCommands, ct
     case 'cbt-dirty': {
       if (args.length !== 2) throw BlksnapError.of('EINVAL', 'usage: cbt-dirty OFFSET LENGTH');
       commands.cbtDirty(parseInteger('OFFSET', args[0]), parseInteger('LENGTH', args[1]));
+      return;
+    }
+    case 'freeze': {
+      const [ms] = args;
+      if (args.length !== 1 || ms === undefined || !/^\d{1,9}$/.test(ms)) throw BlksnapError.of('EINVAL', 'usage: freeze MILLISECONDS');
+      await commands.freeze(Number(ms));
+      return;
+    }
+    case 'thaw': {
+      if (args.length !== 0) throw BlksnapError.of('EINVAL', 'usage: thaw');
+      commands.thaw();
       return;
     }
     default:

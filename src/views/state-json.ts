@@ -56,6 +56,8 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
     block_size: engine.tracker.blockSize,
     block_count: engine.tracker.blockCount,
     diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks },
+    // null, or when a /control freeze ends by itself unless thawed first.
+    frozen_until: engine.freezer.frozenUntil?.toISOString() ?? null,
     change_tracking: {
       generation_id: engine.tracker.generationId,
       // blksnap's cbtinfo meaning: the number of the last period a snapshot closed (the
