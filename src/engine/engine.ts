@@ -70,6 +70,8 @@ export class SnapshotEngine {
   /** Every snapshot not yet released (named, or destroyed but still open), by seq. */
   private readonly live: Snapshot[] = [];
   private lastSeq = 0;
+  /** Set when close() begins: no origin write is accepted after that. */
+  private closing = false;
 
   constructor(parts: EngineParts) {
     this.origin = parts.origin;
@@ -86,8 +88,8 @@ export class SnapshotEngine {
     this.storage.onLowSpace = ({ freeBytes, requestedBytes }) => {
       this.events.emit('low-free-space', { free_bytes: freeBytes, requested_bytes: requestedBytes });
     };
-    this.tracker.onReset = (generationId) => {
-      this.events.emit('cbt-reset', { generation_id: generationId });
+    this.tracker.onReset = (generationId, reason) => {
+      this.events.emit('cbt-reset', { generation_id: generationId, reason });
     };
   }
 
@@ -118,6 +120,7 @@ export class SnapshotEngine {
     if (length === 0) return;
     if (this.barrier.enter() !== null) await this.barrier.enterWhenOpen();
     try {
+      if (this.closing) throw BlksnapError.of('ESHUTDOWN', 'the mount is shutting down');
       const cs = this.geometry.chunkSize;
       const first = Math.floor(position / cs);
       const last = Math.floor((position + length - 1) / cs);
@@ -400,11 +403,27 @@ export class SnapshotEngine {
     return this.copies.savedCopies;
   }
 
-  /** Wait for writes in flight, then stop. */
-  async close(): Promise<void> {
+  /**
+   * Shut down in the contract's order: stop new origin writes, drain those in flight,
+   * datasync the origin, run `whenSynced` (the daemon saves change tracking there:
+   * the map is final and the origin's time stamps are too), release the difference
+   * storage (removing the files this mount created), release the origin last.
+   * `whenSynced` does not run when the datasync fails: what is on disk is unknown, so
+   * nothing may vouch for it. Storage and origin are released whatever happens.
+   */
+  async close(whenSynced?: () => Promise<void>): Promise<void> {
+    this.closing = true;
     await this.barrier.quiesce(async () => {
-      await this.storage.close();
-      await this.origin.close();
+      try {
+        if (!this.origin.readOnly) await this.origin.flush();
+        await whenSynced?.();
+      } finally {
+        try {
+          await this.storage.close();
+        } finally {
+          await this.origin.close();
+        }
+      }
     });
   }
 }
