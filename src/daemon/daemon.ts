@@ -72,6 +72,7 @@ export class Daemon {
       const geometry = deriveGeometry(origin.size, opts.chunkSize, opts.blockSize);
       const storagePath = opts.diffStorage ?? defaultDiffStoragePath(origin);
       await checkStoragePath(storagePath, mountpoint, origin.identity);
+      cbt = await CbtPersistence.open({ path: opts.cbtState, trust: opts.cbtTrust, origin, mountpoint, diffStoragePath: storagePath, geometry, log });
       const diffSize = alignUp(opts.diffSize ?? Math.max(MIN_DEFAULT_DIFF, Math.ceil(origin.size / 10)), geometry.chunkSize);
       storageFile = await DiffStorageFile.open(storagePath, diffSize, { mustBeEmpty: false });
       if (storageFile.size < geometry.chunkSize) {
@@ -93,7 +94,6 @@ export class Daemon {
         growth.onError = (err) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cannot grow the difference storage');
         storage.manager = growth;
       }
-      cbt = await CbtPersistence.open({ path: opts.cbtState, trust: opts.cbtTrust, origin, mountpoint, diffStoragePath: storagePath, geometry, log });
       const tracker = cbt.tracker;
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
       if (cbt.resetReason !== null) events.emit('cbt-reset', { generation_id: tracker.generationId, reason: cbt.resetReason });

@@ -6,8 +6,9 @@
  *   back, so a restore with preserved mtime is noticed too.
  * - A block device: size, the boot (/proc/sys/kernel/random/boot_id), the kernel's
  *   disk sequence number (new at every attach of a loop device, every hot-plug), and
- *   its write and discard counters (/sys/dev/block/M:m/stat), which only count up while
- *   the boot lasts. For a partition the whole disk's counters are taken too (a write
+ *   its counters of sectors written and discarded (/sys/dev/block/M:m/stat), which only
+ *   count up while the boot lasts. Sectors, not I/Os: a cache flush (every fsync of the
+ *   device, our own close included) is counted as a write I/O of zero sectors. For a partition the whole disk's counters are taken too (a write
  *   through the whole disk is counted there only). For a loop device, its backing
  *   file's fingerprint as an image file (a write straight into the backing file
  *   bypasses the loop device's counters).
@@ -59,12 +60,12 @@ async function readText(path: string): Promise<string | null> {
   }
 }
 
-/** Fields 5, 7, 12, 14 of the stat file: write I/Os and sectors, discard I/Os and sectors. */
+/** Fields 7 and 14 of the stat file: sectors written, sectors discarded. */
 function dataChangingCounters(stat: string | null): string | null {
   if (stat === null) return null;
   const f = stat.split(/\s+/);
   if (f.length < 7) return null;
-  return [f[4], f[6], f[11] ?? '0', f[13] ?? '0'].join(',');
+  return [f[6], f[13] ?? '0'].join(',');
 }
 
 async function writeCounters(rdev: string): Promise<string | null> {
