@@ -248,7 +248,8 @@ test('a save that fails (state on a full file system) neither hangs the unmount 
   await writeRange(m1.path('origin'), 3 * BS, data);
   const started = Date.now();
   await unmount(m1);
-  t.true(Date.now() - started < 10_000, 'the unmount finished');
+  const took = Date.now() - started;
+  t.true(took < 30_000, `the unmount took ${took} ms`); // a hang, not a slow shared machine
   const log = await fsp.readFile(m1.log, 'utf8');
   t.regex(log, /cannot save change tracking/);
   t.like(await stateHeader(cbtState), { state: 'in-use' });
