@@ -94,25 +94,24 @@ export class CbtPersistence {
     const now = await fingerprintOrigin(origin);
     const decision = decideContinuity({ saved, origin: now, blockSize: geometry.blockSize, blockCount: geometry.blockCount, trust: spec.trust });
     const previous = saved.kind === 'missing' ? null : saved.bytes;
-    if (decision.resume && saved.kind === 'ok') {
-      const h = saved.state.header;
+    if (decision.resume) {
+      const h = decision.state.header;
       const tracker = ChangeTracker.resume(geometry.blockSize, geometry.blockCount, {
         generationId: h.generation_id,
         generationStarted: new Date(h.generation_started),
         generationReason: isResetReason(h.generation_reason) ? h.generation_reason : 'first',
         activeNumber: h.active_number,
-        map: Uint8Array.from(saved.state.map),
+        map: Uint8Array.from(decision.state.map),
       });
       tracker.resumedFrom = new Date(h.saved_at);
       tracker.statePath = path;
       log.info({ cbt_state: path, generation_id: h.generation_id, active_number: h.active_number, saved_at: h.saved_at }, 'change tracking resumed');
       return new CbtPersistence(path, tracker, null, origin, log, previous);
     }
-    const reason = decision.resume ? 'state-invalid' : decision.reason;
-    const tracker = ChangeTracker.fresh(geometry.blockSize, geometry.blockCount, reason);
+    const tracker = ChangeTracker.fresh(geometry.blockSize, geometry.blockCount, decision.reason);
     tracker.statePath = path;
-    log.info({ cbt_state: path, reason, why: decision.resume ? 'no map' : decision.detail, generation_id: tracker.generationId }, 'change tracking starts a new generation');
-    return new CbtPersistence(path, tracker, reason, origin, log, previous);
+    log.info({ cbt_state: path, reason: decision.reason, why: decision.detail, generation_id: tracker.generationId }, 'change tracking starts a new generation');
+    return new CbtPersistence(path, tracker, decision.reason, origin, log, previous);
   }
 
   private header(state: 'clean' | 'in-use', origin: OriginFingerprint): CbtStateHeader {

@@ -8,7 +8,7 @@
  *
  * Pure: the caller loads the state and takes the fingerprint.
  */
-import type { LoadedCbtState } from '../storage/cbt-state-file.js';
+import type { CbtState, LoadedCbtState } from '../storage/cbt-state-file.js';
 import type { FileFingerprint, OriginFingerprint } from '../storage/origin-fingerprint.js';
 import type { ResetReason } from './change-tracker.js';
 
@@ -22,7 +22,7 @@ export interface ContinuityInput {
 }
 
 export type Continuity =
-  | { resume: true }
+  | { resume: true; state: CbtState }
   | { resume: false; reason: ResetReason; detail: string };
 
 function reset(reason: ResetReason, detail: string): Continuity {
@@ -42,6 +42,7 @@ export function decideContinuity(input: ContinuityInput): Continuity {
   if (saved.kind === 'missing') return reset('first', 'no saved change tracking');
   if (saved.kind === 'invalid') return reset('state-invalid', `the saved state is damaged (${saved.why})`);
   const h = saved.state.header;
+  const resume: Continuity = { resume: true, state: saved.state };
   if (h.state !== 'clean') return reset('unclean', 'the last mount did not shut down cleanly');
   const was = h.origin;
   if (was.kind !== now.kind) return reset('origin-changed', `the origin was a ${was.kind}, now a ${now.kind}`);
@@ -51,14 +52,14 @@ export function decideContinuity(input: ContinuityInput): Continuity {
     return reset('capacity', `the tracking geometry changed from ${h.block_count} blocks of ${h.block_size} to ${input.blockCount} of ${input.blockSize}`);
   }
   if (now.kind === 'file') {
-    return unchangedFile(was.file, now.file) ? { resume: true } : reset('origin-changed', 'the origin file was modified since the save (mtime or ctime)');
+    return unchangedFile(was.file, now.file) ? resume : reset('origin-changed', 'the origin file was modified since the save (mtime or ctime)');
   }
-  if (input.trust) return { resume: true };
+  if (input.trust) return resume;
   if (now.bootId === null || was.bootId !== now.bootId) return reset('origin-changed', 'the machine was rebooted since the save (use cbt_trust to vouch for the device)');
   if (was.rdev !== now.rdev || was.diskseq !== now.diskseq) return reset('origin-changed', 'the block device was re-attached or replaced since the save (major:minor or diskseq differ)');
   if (now.writeCounters === null || was.writeCounters !== now.writeCounters) return reset('origin-changed', 'the block device was written outside the mount (its write counters moved)');
   if ((was.backingFile !== null || now.backingFile !== null) && !unchangedFile(was.backingFile, now.backingFile)) {
     return reset('origin-changed', "the loop device's backing file was modified since the save");
   }
-  return { resume: true };
+  return resume;
 }
