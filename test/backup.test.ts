@@ -148,7 +148,7 @@ test('a full backup and two incrementals chained from it: byte-identical, sparse
   t.regex(bad.stderr, new RegExp(`offset ${40 * MiB}\\b`));
 });
 
-test('an incremental backup from another generation (a new mount) falls back to full and says so', async (t) => {
+test('an incremental backup from another generation (the origin written outside the mount) falls back to full and says so', async (t) => {
   const m = await mountImage(t, { size: 16 * MiB });
   const dir = await scratchDir(t);
   const target = join(dir, 'disk.img');
@@ -158,7 +158,8 @@ test('an incremental backup from another generation (a new mount) falls back to 
   await must('fusermount', ['-u', m.mnt]);
   for (let i = 0; i < 100 && (await daemonPids(m.mnt)).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
 
-  // Mounting again cannot prove the tracking continuous: a new generation.
+  // Written while not mounted: the next mount cannot prove the tracking continuous (a new generation).
+  await writeRange(m.origin, 2 * MiB, randomBytes(10));
   const m2 = await mountImage(t, { origin: m.origin });
   await applyWrites(m2, [[MiB, 10, 'random']]);
   await fsp.mkdir(m2.path('snapshots', 'b'));

@@ -13,7 +13,8 @@ test('a loop device as the origin: size, identity, exclusivity, snapshots', asyn
   const backing = join(dir, 'backing.img');
   await makeImage(backing, 24 * MiB);
   const dev = await loopDevice(t, backing);
-  const m = await mountImage(t, { origin: dev, options: 'diff_size=32M,chunk_size=64K' });
+  // cbt_state in the test's own directory, not the default under /var/lib/blksnapfs.
+  const m = await mountImage(t, { origin: dev, options: `diff_size=32M,chunk_size=64K,cbt_state=${join(dir, 'state.cbt')}` });
 
   const status = await m.status();
   const origin = status['origin'] as { kind: string; size: number; rdev: string; diskseq: number | null; path: string };

@@ -98,7 +98,12 @@ test('the cbtmap marks exactly the blocks written: aligned, unaligned, across bo
   t.not(tooNew.code, 0, 'a --since newer than the snapshot is a mix-up, not "nothing changed"');
   t.regex(tooNew.stderr, /newer than snapshot s2/);
   const info = JSON.parse(await cli('cbt', 'info', m.mnt, 's2', '--json')) as Record<string, unknown>;
-  t.deepEqual(info, { generation_id: i1['generation_id'], changes_number: 2, block_size: BS, block_count: COUNT, device_capacity: SIZE });
+  const started = ((await m.status())['change_tracking'] as { generation_started: string }).generation_started;
+  t.deepEqual(info, {
+    generation_id: i1['generation_id'], changes_number: 2, block_size: BS, block_count: COUNT, device_capacity: SIZE,
+    // A snapshot of the current generation also says how that generation began (here: this mount).
+    resumed: false, resumed_from_save: null, generation_started: started, generation_reason: 'first',
+  });
   const wrongGen = await run(process.execPath, [CLI, 'cbt', 'changed', m.mnt, 's2', '--since', '1', '--generation', 'not-this-one']);
   t.not(wrongGen.code, 0);
   t.regex(wrongGen.stderr, /generation changed.*full backup/);
@@ -217,9 +222,9 @@ test('the change number wraps after 255: map reset, new generation, cbt-reset ev
   const events = await run('timeout', ['2', 'cat', m.path('events')]);
   const resets = events.stdout.split('\n').filter((l) => l.length > 0).map((l) => JSON.parse(l) as Record<string, unknown>)
     .filter((e) => e['type'] === 'cbt-reset');
-  t.is(resets.length, 1, events.stdout.slice(-2000));
-  t.is(resets[0]?.['generation_id'], gen1);
-  t.is(typeof resets[0]?.['seq'], 'number');
+  // The mount started generation 0 ("first"), the wrap started generation 1.
+  t.deepEqual(resets.map((e) => [e['reason'], e['generation_id']]), [['first', gen0], ['wrap', gen1]], events.stdout.slice(-2000));
+  t.is(typeof resets[1]?.['seq'], 'number');
 
   // An incremental backup across the reset cannot trust the map: it falls back to full and says so.
   const r = await run(process.execPath, [CLI, 'backup', m.mnt, 'w256', target, '--since-manifest', `${target}.manifest.json`]);

@@ -41,11 +41,12 @@ test('three cat readers see taken/destroyed live and in order while /origin and 
   await fsp.rmdir(m.path('snapshots', 's2'));
   await Promise.all(tails.map((tail) => tail.waitType('snapshot-destroyed', 's2')));
 
-  const expected = [['snapshot-taken', 's1'], ['snapshot-taken', 's2'], ['snapshot-destroyed', 's1'], ['snapshot-destroyed', 's2']];
+  // The mount's own first event: change tracking starts its first generation.
+  const expected = [['cbt-reset', undefined], ['snapshot-taken', 's1'], ['snapshot-taken', 's2'], ['snapshot-destroyed', 's1'], ['snapshot-destroyed', 's2']];
   for (const tail of tails) {
     t.deepEqual(tail.lines.map((e) => [e.type, e['snapshot']]), expected);
     const s = seqs(tail.lines);
-    t.deepEqual(s, [1, 2, 3, 4], 'seq counts from 1 with no gap');
+    t.deepEqual(s, [1, 2, 3, 4, 5], 'seq counts from 1 with no gap');
     for (const e of tail.lines) t.false(Number.isNaN(Date.parse(e.time)), `time ${e.time} is ISO 8601`);
   }
   t.deepEqual(tails[1]?.lines, tails[0]?.lines, 'every reader sees the same events');
@@ -71,7 +72,7 @@ test('a reader killed with SIGKILL while waiting is gone within seconds, and the
   t.deepEqual((status['snapshots'] as Array<{ name: string }>).map((s) => s.name), ['after']);
   const late = new EventTail(t, m.mnt);
   await late.waitType('snapshot-taken', 'after');
-  t.is(victim.lines.length, 0);
+  t.deepEqual(victim.lines.map((e) => e.type), ['cbt-reset'], 'the victim saw only the backlog (the mount\'s cbt-reset)');
 });
 
 test('`timeout 2 cat events` prints the backlog, then exits 124 promptly', async (t) => {
@@ -84,8 +85,9 @@ test('`timeout 2 cat events` prints the backlog, then exits 124 promptly', async
   t.is(r.stderr, '');
   t.true(elapsed >= 1900 && elapsed < 4000, `cat ran for ${elapsed} ms`); // 2 s + at most one 1 s wait
   const lines = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-  t.like(lines[0], { seq: 1, type: 'snapshot-taken', snapshot: 'early' });
-  t.is(lines.length, 1);
+  t.like(lines[0], { seq: 1, type: 'cbt-reset', reason: 'first' });
+  t.like(lines[1], { seq: 2, type: 'snapshot-taken', snapshot: 'early' });
+  t.is(lines.length, 2);
 });
 
 test('blksnapfs events follows across idle seconds (EINTR is retried) and pretty-prints', async (t) => {
@@ -95,8 +97,8 @@ test('blksnapfs events follows across idle seconds (EINTR is retried) and pretty
   await sleep(2500); // several EINTR answers go by
   await fsp.mkdir(m.path('snapshots', 'idle'));
   await json.waitType('snapshot-taken', 'idle');
-  const line = await pretty.waitFor('pretty line', (e) => typeof e['line'] === 'string');
-  t.regex(String(line['line']), /#1 snapshot-taken snapshot=idle$/);
+  const line = await pretty.waitFor('pretty line', (e) => typeof e['line'] === 'string' && String(e['line']).includes('snapshot-taken'));
+  t.regex(String(line['line']), /#2 snapshot-taken snapshot=idle$/);
   t.is(json.child.exitCode, null, `the CLI stopped: ${json.stderr}`);
   t.is(json.stderr, '');
 });
@@ -125,18 +127,18 @@ test('a reader that falls behind the ring gets one events-lost line with the rig
   const i = tail.lines.findIndex((e) => e.type === 'events-lost');
   const lastBefore = tail.lines[i - 1]?.seq ?? 0;
   const firstAfter = tail.lines[i + 1]?.seq ?? 0;
-  t.is(lastBefore, 1);
-  t.is(firstAfter, 42 - 8, 'resumes at the oldest event still in the ring');
+  t.is(lastBefore, 2); // seq 1 is the mount's cbt-reset
+  t.is(firstAfter, 43 - 8, 'resumes at the oldest event still in the ring');
   t.like(lost[0], { count: firstAfter - lastBefore - 1, from_seq: lastBefore + 1, to_seq: firstAfter - 1 });
   t.is(lost[0]?.['count'], 32);
   t.is(lost[0]?.seq, undefined, 'events-lost is not an event of the mount: no seq');
   const after = seqs(tail.lines.slice(i + 1));
   t.deepEqual(after, Array.from({ length: after.length }, (_, k) => firstAfter + k), 'then every seq in order');
-  t.is(after[after.length - 1], 42);
+  t.is(after[after.length - 1], 43);
 
-  // A new reader gets the backlog the ring still holds (seq 35..42), and no events-lost line.
+  // A new reader gets the backlog the ring still holds (seq 36..43), and no events-lost line.
   const late = await run('timeout', ['1.5', 'cat', m.path('events')], { timeoutMs: 5000 });
   t.is(late.code, 124, late.stderr);
   const backlog = late.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as { seq?: number; type: string });
-  t.deepEqual(backlog.map((e) => e.seq), [35, 36, 37, 38, 39, 40, 41, 42]);
+  t.deepEqual(backlog.map((e) => e.seq), [36, 37, 38, 39, 40, 41, 42, 43]);
 });

@@ -1,6 +1,6 @@
 /** blksnapfs cbt info|changed|dirty: change tracking from the shell. */
 import type { Command } from 'commander';
-import { readCbtmap, readInfo, sendControl } from './client.js';
+import { readCbtmap, readInfo, readStatus, sendControl } from './client.js';
 
 export interface ChangedRange {
   offset: number;
@@ -23,17 +23,54 @@ export function changedRanges(map: Uint8Array, since: number, blockSize: number,
   return ranges;
 }
 
+interface TrackingStatus {
+  generation_id: string;
+  changes_number: number;
+  active_number: number;
+  generation_started: string;
+  generation_reason: string;
+  resumed: boolean;
+  resumed_from_save: string | null;
+  state_file: string | null;
+}
+
+/**
+ * The facts `cbt info` prints. The continuity facts (resumed, since when) belong to a
+ * generation, so a snapshot of an older generation (before a wrap) shows none.
+ */
+async function cbtFacts(mnt: string, name: string | undefined): Promise<Record<string, unknown>> {
+  const status = await readStatus(mnt);
+  const tracking = status['change_tracking'] as TrackingStatus;
+  const continuity = {
+    resumed: tracking.resumed,
+    resumed_from_save: tracking.resumed_from_save,
+    generation_started: tracking.generation_started,
+    generation_reason: tracking.generation_reason,
+  };
+  if (name === undefined) {
+    return {
+      generation_id: tracking.generation_id, changes_number: tracking.changes_number, active_number: tracking.active_number,
+      block_size: status['block_size'], block_count: status['block_count'], device_capacity: status.origin.size,
+      ...continuity, state_file: tracking.state_file,
+    };
+  }
+  const i = await readInfo(mnt, name);
+  return {
+    generation_id: i.generation_id, changes_number: i.changes_number, block_size: i.block_size, block_count: i.block_count, device_capacity: i.device_capacity,
+    ...(i.generation_id === tracking.generation_id ? continuity : {}),
+  };
+}
+
 export function registerCbtCommands(program: Command): void {
   const cbt = program.command('cbt').description('change block tracking');
   cbt
     .command('info')
-    .description("a snapshot's change-tracking facts")
+    .description("change-tracking facts: the mount's (whether resumed at mount, and since when), or a snapshot's")
     .argument('<mountpoint>')
-    .argument('<name>')
+    .argument('[name]', 'a snapshot (default: the active tracking of the mount)')
     .option('--json', 'print JSON')
-    .action(async (mnt: string, name: string, o: { json?: boolean }) => {
-      const i = await readInfo(mnt, name);
-      const facts = { generation_id: i.generation_id, changes_number: i.changes_number, block_size: i.block_size, block_count: i.block_count, device_capacity: i.device_capacity };
+    .action(async (mnt: string, name: string | undefined, o: { json?: boolean }) => {
+      const facts = await cbtFacts(mnt, name);
       process.stdout.write(o.json === true ? `${JSON.stringify(facts, null, 2)}\n`
         : Object.entries(facts).map(([k, v]) => `${k} ${String(v)}\n`).join(''));
     });

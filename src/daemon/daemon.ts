@@ -1,7 +1,7 @@
 /**
  * The daemon: open the origin, the difference storage and the engine, mount the tree,
- * serve until unmounted, then close in a stated order (unmount -> drain writes ->
- * difference storage -> origin).
+ * serve until unmounted, then close in the contract's order (unmount -> drain writes ->
+ * datasync the origin -> save change tracking -> difference storage -> origin).
  *
  * Start-up either finishes with a live mount or undoes everything it did: a
  * difference-storage file it created is removed, the origin is closed, nothing stays
@@ -13,7 +13,6 @@ import type { Logger as PinoLogger } from 'pino';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import { SnapshotEngine } from '../engine/engine.js';
 import { EventQueue, formatEvent } from '../engine/event-queue.js';
-import { ChangeTracker } from '../engine/change-tracker.js';
 import { deriveGeometry } from '../engine/geometry.js';
 import { OriginDevice } from '../storage/origin-device.js';
 import { DiffStorage } from '../storage/diff-storage.js';
@@ -29,6 +28,7 @@ import { isMounted } from '../fuse/mountinfo.js';
 import type { MountOptions } from './options.js';
 import { openOriginWhenFree } from './origin-wait.js';
 import { onLogFailure } from './logger.js';
+import { CbtPersistence } from './cbt-persistence.js';
 
 const MIN_DEFAULT_DIFF = 64 * 2 ** 20;
 const MAX_DEFAULT_THRESHOLD = 512 * 2 ** 20;
@@ -64,6 +64,7 @@ export class Daemon {
     readonly session: FuseSession,
     private readonly tree: MountTree,
     private readonly log: PinoLogger,
+    private readonly cbt: CbtPersistence,
   ) {}
 
   static async start(originPath: string, mountpointArg: string, opts: MountOptions, log: PinoLogger): Promise<Daemon> {
@@ -73,10 +74,12 @@ export class Daemon {
     }
     const origin = await openOriginWhenFree(resolve(originPath), { readOnly: opts.readOnly });
     let storageFile: DiffStorageFile | null = null;
+    let cbt: CbtPersistence | null = null;
     try {
       const geometry = deriveGeometry(origin.size, opts.chunkSize, opts.blockSize);
       const storagePath = opts.diffStorage ?? defaultDiffStoragePath(origin);
       await checkStoragePath(storagePath, mountpoint, origin.identity);
+      cbt = await CbtPersistence.open({ path: opts.cbtState, trust: opts.cbtTrust, origin, mountpoint, diffStoragePath: storagePath, geometry, log });
       const diffSize = alignUp(opts.diffSize ?? Math.max(MIN_DEFAULT_DIFF, Math.ceil(origin.size / 10)), geometry.chunkSize);
       storageFile = await DiffStorageFile.open(storagePath, diffSize, { mustBeEmpty: false });
       if (storageFile.size < geometry.chunkSize) {
@@ -100,8 +103,9 @@ export class Daemon {
         growth.onError = (err) => log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cannot grow the difference storage');
         storage.manager = growth;
       }
-      const tracker = new ChangeTracker(geometry.blockSize, geometry.blockCount);
+      const tracker = cbt.tracker;
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
+      if (cbt.resetReason !== null) events.emit('cbt-reset', { generation_id: tracker.generationId, reason: cbt.resetReason });
       let session: FuseSession | null = null;
       const tree = new MountTree({
         engine,
@@ -122,14 +126,16 @@ export class Daemon {
           thaw: () => engine.freezer.thaw(),
         },
       });
+      await cbt.markInUse(); // before the mount goes live, so before the first origin write
       session = await transportByName(opts.transport).mount(tree, {
         mountpoint,
         fsname: origin.identity.path,
         allowOther: opts.allowOther,
       }, log);
       log.info({ origin: origin.identity, mountpoint, geometry, diff_storage: storage.stats(), transport: opts.transport }, 'mounted');
-      return new Daemon(engine, session, tree, log);
+      return new Daemon(engine, session, tree, log, cbt);
     } catch (err) {
+      await cbt?.undoMark().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'cannot restore the change-tracking state'));
       if (storageFile !== null) await storageFile.close().catch(() => undefined);
       await origin.close().catch(() => undefined);
       throw err;
@@ -170,7 +176,12 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info({ open_files: this.tree.handles.size }, 'unmounted; closing');
-      await this.engine.close();
+      await this.engine.close(async () => {
+        // A failed save leaves the state "in-use": the next mount starts a new generation.
+        await this.cbt.save().catch((err: unknown) => {
+          this.log.error({ cbt_state: this.cbt.path, err: err instanceof Error ? err.message : String(err) }, 'cannot save change tracking; the next mount starts a new generation');
+        });
+      });
       this.log.info({}, 'closed');
     })();
     return this.stopping;

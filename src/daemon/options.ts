@@ -27,6 +27,8 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { name: 'event_backlog', kind: 'uint', help: 'events kept for /events readers that fall behind or start late (default: 1024)' },
   { name: 'chunk_size', kind: 'unit', help: 'copy-on-write unit, a power of two >= 4K (default: 64K, larger for origins over 128G)' },
   { name: 'block_size', kind: 'unit', help: 'change-tracking block, a power of two >= 4K (default: 64K, larger for origins over 128G)' },
+  { name: 'cbt_state', kind: 'path', help: 'where change tracking is kept between mounts (default: ORIGIN.cbt for an image file, /var/lib/blksnapfs/dev-NAME.cbt for a block device)' },
+  { name: 'cbt_trust', kind: 'flag', help: "resume a block device's change tracking after a reboot or re-attach (you vouch that nothing writes it outside the mount)" },
   { name: 'ro', kind: 'flag', help: 'the origin is read-only through the mount' },
   { name: 'allow_other', kind: 'flag', help: 'let other users use the mount, as the modes allow (the kernel always checks them)' },
   { name: 'default_permissions', kind: 'flag', help: 'accepted for compatibility: the kernel always checks file modes' },
@@ -55,6 +57,8 @@ export interface MountOptions {
   eventBacklog?: number;
   chunkSize?: number;
   blockSize?: number;
+  cbtState?: string;
+  cbtTrust: boolean;
   readOnly: boolean;
   allowOther: boolean;
   defaultPermissions: boolean;
@@ -67,7 +71,7 @@ export interface MountOptions {
 }
 
 export function emptyOptions(): MountOptions {
-  return { readOnly: false, allowOther: false, defaultPermissions: false, transport: 'libfuse3', foreground: false, logLevel: 'info' };
+  return { cbtTrust: false, readOnly: false, allowOther: false, defaultPermissions: false, transport: 'libfuse3', foreground: false, logLevel: 'info' };
 }
 
 function bad(message: string): never {
@@ -101,6 +105,8 @@ export function applyOption(opts: MountOptions, name: string, value: string | un
     }
     case 'chunk_size': opts.chunkSize = checkUnit('chunk_size', parseSize(v)); break;
     case 'block_size': opts.blockSize = checkUnit('block_size', parseSize(v)); break;
+    case 'cbt_state': opts.cbtState = resolve(v); break;
+    case 'cbt_trust': opts.cbtTrust = true; break;
     case 'ro': opts.readOnly = true; break;
     case 'allow_other': opts.allowOther = true; break;
     case 'default_permissions': opts.defaultPermissions = true; break;
@@ -147,6 +153,8 @@ export function toOptionString(opts: MountOptions): string {
   if (opts.eventBacklog !== undefined) out.push(`event_backlog=${opts.eventBacklog}`);
   if (opts.chunkSize !== undefined) out.push(`chunk_size=${opts.chunkSize}`);
   if (opts.blockSize !== undefined) out.push(`block_size=${opts.blockSize}`);
+  if (opts.cbtState !== undefined) out.push(`cbt_state=${esc(opts.cbtState)}`);
+  if (opts.cbtTrust) out.push('cbt_trust');
   if (opts.readOnly) out.push('ro');
   if (opts.allowOther) out.push('allow_other');
   if (opts.defaultPermissions) out.push('default_permissions');

@@ -9,16 +9,35 @@
  * of the same generation. When the number would pass 255 the map is cleared, numbering
  * restarts at 1 and a new generation id is made: an incremental backup across that
  * point must be a full one.
+ *
+ * A tracker either starts a new generation or resumes one saved at a clean unmount
+ * (see cbt-continuity.ts for when that is allowed); a resumed tracker carries on with
+ * the saved map and period number, so backups stay incremental across remounts.
  */
 import { v4 as uuidv4 } from 'uuid';
 import { notifyLater } from '../observer.js';
 
 export const MAX_CHANGE_NUMBER = 255;
 
+/** Why a generation started (the `reason` of a cbt-reset event). */
+export type ResetReason = 'first' | 'wrap' | 'capacity' | 'unclean' | 'origin-changed' | 'state-invalid';
+
 export interface FrozenMap {
   map: Uint8Array;
   generationId: string;
   changesNumber: number;
+}
+
+/** Everything a tracker needs to carry on where another left off. */
+export interface TrackerState {
+  generationId: string;
+  /** When this generation started (it may be many mounts ago). */
+  generationStarted: Date;
+  /** Why it started. */
+  generationReason: ResetReason;
+  /** The number the open period writes into the map. */
+  activeNumber: number;
+  map: Uint8Array;
 }
 
 export class ChangeTracker {
@@ -27,8 +46,14 @@ export class ChangeTracker {
   private map: Uint8Array;
   private active = 1;
   private generation: string;
-  /** Called with the new generation id whenever the map is reset (later, outside `freeze`). */
-  onReset: ((generationId: string) => void) | null = null;
+  private started = new Date();
+  private reason: ResetReason = 'first';
+  /** When the state this generation was resumed from had been saved (null: started in this mount). */
+  resumedFrom: Date | null = null;
+  /** Where the tracking is kept between mounts (null: not kept), for /status. */
+  statePath: string | null = null;
+  /** Called with the new generation and why whenever the map is reset (later, outside `freeze`). */
+  onReset: ((reset: { generationId: string; reason: ResetReason }) => void) | null = null;
 
   constructor(blockSize: number, blockCount: number, generationId: string = uuidv4()) {
     this.blockSize = blockSize;
@@ -37,13 +62,47 @@ export class ChangeTracker {
     this.generation = generationId;
   }
 
+  /** A new generation, started now for `reason`. */
+  static fresh(blockSize: number, blockCount: number, reason: ResetReason): ChangeTracker {
+    const tracker = new ChangeTracker(blockSize, blockCount);
+    tracker.reason = reason;
+    return tracker;
+  }
+
+  /** Carry on a saved generation (its map must have one byte per block). */
+  static resume(blockSize: number, blockCount: number, state: TrackerState): ChangeTracker {
+    if (state.map.length !== blockCount) throw new RangeError(`saved map has ${state.map.length} blocks, not ${blockCount}`);
+    if (!Number.isInteger(state.activeNumber) || state.activeNumber < 1 || state.activeNumber > MAX_CHANGE_NUMBER) {
+      throw new RangeError(`saved change number ${state.activeNumber} is out of range`);
+    }
+    const tracker = new ChangeTracker(blockSize, blockCount, state.generationId);
+    tracker.map = state.map;
+    tracker.active = state.activeNumber;
+    tracker.started = state.generationStarted;
+    tracker.reason = state.generationReason;
+    return tracker;
+  }
+
   get generationId(): string {
     return this.generation;
+  }
+
+  get generationStarted(): Date {
+    return this.started;
+  }
+
+  get generationReason(): ResetReason {
+    return this.reason;
   }
 
   /** The number the current (open) period writes into the map. */
   get activeNumber(): number {
     return this.active;
+  }
+
+  /** The live state, not a copy: save it only while no write can mark the map. */
+  get state(): TrackerState {
+    return { generationId: this.generation, generationStarted: this.started, generationReason: this.reason, activeNumber: this.active, map: this.map };
   }
 
   /** Mark the blocks covering [offset, offset + length) as changed in this period. */
@@ -61,7 +120,10 @@ export class ChangeTracker {
       this.map.fill(0);
       this.active = 1;
       this.generation = uuidv4();
-      notifyLater('the change-map reset observer', this.onReset, this.generation);
+      this.started = new Date();
+      this.reason = 'wrap';
+      this.resumedFrom = null;
+      notifyLater('the change-map reset observer', this.onReset, { generationId: this.generation, reason: 'wrap' });
     } else {
       this.active++;
     }

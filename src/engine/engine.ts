@@ -82,6 +82,7 @@ export class SnapshotEngine {
   /** Every snapshot not yet released (named, or destroyed but still open), by seq. */
   private readonly live: Snapshot[] = [];
   private lastSeq = 0;
+  /** Set when close() begins: no origin write is accepted after that. */
 
   constructor(parts: EngineParts) {
     this.origin = parts.origin;
@@ -112,8 +113,8 @@ export class SnapshotEngine {
     this.storage.onLowSpace = ({ freeBytes, requestedBytes }) => {
       this.events.emit('low-free-space', { free_bytes: freeBytes, requested_bytes: requestedBytes });
     };
-    this.tracker.onReset = (generationId) => {
-      this.events.emit('cbt-reset', { generation_id: generationId });
+    this.tracker.onReset = ({ generationId, reason }) => {
+      this.events.emit('cbt-reset', { generation_id: generationId, reason });
     };
   }
 
@@ -438,16 +439,21 @@ export class SnapshotEngine {
   }
 
   /**
-   * open -> closing -> closed: refuse new operations (ESHUTDOWN), wait for the writes
-   * (and so their copies) and reads in flight, then close the storage and the origin.
-   * Every caller waits on the same close.
+   * open -> closing -> closed, in the contract's order: refuse new operations
+   * (ESHUTDOWN), drain the writes (and so their copies) and reads in flight, datasync
+   * the origin, run `whenSynced` (the daemon saves change tracking there: the map is
+   * final and the origin's time stamps are too), release the difference storage
+   * (removing the files this mount created), release the origin last. `whenSynced`
+   * does not run when the datasync fails: what is on disk is unknown, so nothing may
+   * vouch for it. Storage and origin are released whatever happens. Every caller waits
+   * on the same close.
    */
-  close(): Promise<void> {
-    this.closing ??= this.shutDown();
+  close(whenSynced?: () => Promise<void>): Promise<void> {
+    this.closing ??= this.shutDown(whenSynced);
     return this.closing;
   }
 
-  private async shutDown(): Promise<void> {
+  private async shutDown(whenSynced?: () => Promise<void>): Promise<void> {
     this.state = 'closing';
     // Writes held by a freeze are in flight too: let them finish instead of waiting out the deadline.
     this.freezer.dispose();
@@ -455,9 +461,14 @@ export class SnapshotEngine {
       await this.barrier.quiesce(async () => {
         await this.reads.drained();
         try {
-          await this.storage.close();
+          if (!this.origin.readOnly) await this.origin.flush();
+          await whenSynced?.();
         } finally {
-          await this.origin.close();
+          try {
+            await this.storage.close();
+          } finally {
+            await this.origin.close();
+          }
         }
       });
     } finally {

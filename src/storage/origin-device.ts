@@ -4,7 +4,7 @@
  * the path later points to, we keep reading and writing the device or inode we opened,
  * and /status names it by device numbers and inode.
  */
-import { constants as fsc, promises as fsp, type Stats } from 'node:fs';
+import { constants as fsc, promises as fsp, type BigIntStats, type Stats } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
@@ -129,6 +129,11 @@ export class OriginDevice {
    */
   willNeed(offset: number, length: number): void {
     willNeed(this.file.fd, offset, Math.max(0, Math.min(length, this.identity.size - offset)));
+  }
+
+  /** fstat of what we hold open, with nanosecond times (for the change-tracking fingerprint). */
+  statNs(): Promise<BigIntStats> {
+    return this.file.stat({ bigint: true });
   }
 
   async flush(): Promise<void> {

@@ -86,19 +86,22 @@ async function forbiddenDevices(origin: OriginIdentity, realMount: string): Prom
   return forbidden;
 }
 
-/** Check that `path` may hold difference storage for this mount (see the list above). */
-export async function checkStoragePath(path: string, mountpoint: string, origin: OriginIdentity): Promise<void> {
+/**
+ * Check that `path` may hold difference storage for this mount (see the list above).
+ * The change-tracking state file obeys the same rules; `what` names the file in errors.
+ */
+export async function checkStoragePath(path: string, mountpoint: string, origin: OriginIdentity, what = 'difference storage'): Promise<void> {
   const abs = resolve(path);
   const mount = resolve(mountpoint);
   const insideMount = (): BlksnapError =>
-    BlksnapError.of('EINVAL', `difference storage ${path} is inside the mount ${mount}; it must live outside it`);
+    BlksnapError.of('EINVAL', `${what} ${path} is inside the mount ${mount}; it must live outside it`);
   if (inside(abs, mount)) throw insideMount();
   const realMount = await fsp.realpath(mount).catch(() => mount);
   let realDir: string;
   try {
     realDir = await fsp.realpath(dirname(abs));
   } catch (err) {
-    throw asBlksnapError(err, `difference storage directory ${dirname(abs)}`);
+    throw asBlksnapError(err, `${what} directory ${dirname(abs)}`);
   }
   const realPath = resolve(realDir, abs.slice(dirname(abs).length + 1));
   if (inside(realPath, realMount)) throw insideMount();
@@ -106,11 +109,11 @@ export async function checkStoragePath(path: string, mountpoint: string, origin:
   try {
     dirStat = await fsp.stat(realDir);
   } catch (err) {
-    throw asBlksnapError(err, `difference storage directory ${realDir}`);
+    throw asBlksnapError(err, `${what} directory ${realDir}`);
   }
   const fileStat = await fsp.stat(realPath).catch(() => null);
   if (fileStat !== null && origin.kind === 'file' && majorMinor(fileStat.dev) === origin.dev && fileStat.ino === origin.ino) {
-    throw BlksnapError.of('EINVAL', `difference storage ${path} is the origin itself`);
+    throw BlksnapError.of('EINVAL', `${what} ${path} is the origin itself`);
   }
   const storageDev = majorMinor(dirStat.dev);
   const forbidden = await forbiddenDevices(origin, realMount);
@@ -118,6 +121,6 @@ export async function checkStoragePath(path: string, mountpoint: string, origin:
     const via = origin.rdev !== null && (storageDev === origin.rdev || (await wholeDisk(storageDev)) === origin.rdev)
       ? `the origin device ${origin.path}`
       : `a loop device over the origin ${origin.path} or over a file in the mount`;
-    throw BlksnapError.of('EXDEV', `difference storage ${path} lives on ${via}; put it on another file system`);
+    throw BlksnapError.of('EXDEV', `${what} ${path} lives on ${via}; put it on another file system`);
   }
 }

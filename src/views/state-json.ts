@@ -65,6 +65,13 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
       changes_number: engine.tracker.activeNumber - 1,
       // The period still open: what writes mark now and the next snapshot will get.
       active_number: engine.tracker.activeNumber,
+      // Continuity across mounts: since when this generation has tracked every write, and
+      // whether this mount resumed it from the state a clean unmount saved.
+      generation_started: engine.tracker.generationStarted.toISOString(),
+      generation_reason: engine.tracker.generationReason,
+      resumed: engine.tracker.resumedFrom !== null,
+      resumed_from_save: engine.tracker.resumedFrom?.toISOString() ?? null,
+      state_file: engine.tracker.statePath,
     },
     snapshots: engine.list().map((s) => ({
       name: s.name,
