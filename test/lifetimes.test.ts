@@ -46,8 +46,14 @@ test('rmdir while a reader is streaming the image does not disturb the reader', 
   await fsp.copyFile(m.origin, copy);
   await fsp.mkdir(m.path('snapshots', 'busy'));
   const out = join(m.dir, 'out.img');
-  const reading = run('dd', [`if=${m.path('snapshots', 'busy', 'image')}`, `of=${out}`, 'bs=64K', 'status=none']);
-  await new Promise((r) => setTimeout(r, 50));
+  const image = m.path('snapshots', 'busy', 'image');
+  // The image is open (exec 3<) before the script marks it so: rmdir comes after the open
+  // however loaded the machine is; dd streams from that descriptor across the rmdir.
+  const opened = join(m.dir, 'opened');
+  const reading = run('bash', ['-c', `exec 3<'${image}'; touch '${opened}'; dd of='${out}' bs=64K status=none <&3`]);
+  for (let i = 0; i < 400 && !(await fsp.access(opened).then(() => true, () => false)); i++) {
+    await new Promise((r) => setTimeout(r, 25));
+  }
   await fsp.rmdir(m.path('snapshots', 'busy'));
   await writeRange(m.path('origin'), 0, randomBytes(size));
   const r = await reading;
