@@ -9,7 +9,9 @@
 #include <stdlib.h>
 
 static const size_t read_classes[5] = {4096, 16384, 65536, 262144, 1048576};
-#define READ_POOL_KEEP 64
+/* Buffers kept per class once free: enough for a deep queue of small reads, while big
+ * ones are few, so an idle daemon does not sit on tens of MiB. */
+static const unsigned read_keep[5] = {64, 64, 64, 16, 16};
 
 static bs_buf *buf_alloc(size_t cap) {
   bs_buf *b = calloc(1, sizeof(*b));
@@ -91,7 +93,7 @@ void bs_read_put(bs_session *s, bs_buf *b) {
     return;
   }
   pthread_mutex_lock(&s->lock);
-  if (s->read_pool_len[c] < READ_POOL_KEEP) {
+  if (s->read_pool_len[c] < read_keep[c]) {
     b->next = s->read_pool[c];
     s->read_pool[c] = b;
     s->read_pool_len[c]++;
