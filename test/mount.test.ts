@@ -14,3 +14,9 @@ test('snapshot image keeps the point in time while the origin changes', async (t
   t.false(now.equals(before));
   t.true((await readRange(m.path('origin'), 0, 32 * MiB)).equals(now));
 });
+
+test('the daemon does not keep the caller\'s directory: it runs in /', async (t) => {
+  const m = await mountImage(t, { size: 8 * MiB });
+  const pid = (await m.status())['pid'] as number;
+  t.is(await fsp.readlink(`/proc/${pid}/cwd`), '/');
+});
