@@ -8,7 +8,7 @@
  * mounted.
  */
 import { promises as fsp } from 'node:fs';
-import { basename, isAbsolute, resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import { SnapshotEngine } from '../engine/engine.js';
@@ -19,7 +19,8 @@ import { OriginDevice } from '../storage/origin-device.js';
 import { DiffStorage } from '../storage/diff-storage.js';
 import { StorageGrowth } from '../storage/storage-growth.js';
 import { DiffStorageFile } from '../storage/diff-storage-file.js';
-import { checkStoragePath } from '../storage/storage-path-policy.js';
+import { checkOpenedStorage, checkStoragePath } from '../storage/storage-path-policy.js';
+import { appendStorage } from './storage-append.js';
 import { alignUp } from '../storage/aligned.js';
 import { formatSize } from '../sizes.js';
 import { Tree } from '../views/tree.js';
@@ -68,10 +69,13 @@ export class Daemon {
     try {
       await checkMountpoint(mountpoint);
       const geometry = deriveGeometry(origin.size, opts.chunkSize, opts.blockSize);
-      const storagePath = opts.diffStorage ?? defaultDiffStoragePath(origin);
-      await checkStoragePath(storagePath, mountpoint, origin.identity);
+      const guard = { origin: origin.identity, mountpoint };
+      const storagePath = await checkStoragePath(opts.diffStorage ?? defaultDiffStoragePath(origin), guard);
       const diffSize = alignUp(opts.diffSize ?? Math.max(MIN_DEFAULT_DIFF, Math.ceil(origin.size / 10)), geometry.chunkSize);
-      storageFile = await DiffStorageFile.open(storagePath, diffSize, { mustBeEmpty: false });
+      storageFile = await DiffStorageFile.open(storagePath, diffSize, {
+        existing: 'empty-or-marked',
+        checkPlace: (st) => checkOpenedStorage(storagePath, st, guard),
+      });
       if (storageFile.size < geometry.chunkSize) {
         throw BlksnapError.of('EINVAL', `difference storage (${storageFile.size} bytes) is smaller than one chunk (${geometry.chunkSize})`);
       }
@@ -100,7 +104,7 @@ export class Daemon {
         uid: opts.uid ?? process.getuid?.() ?? 0,
         gid: opts.gid ?? process.getgid?.() ?? 0,
         commands: {
-          storageAppend: (path, size) => Daemon.appendStorage(engine, mountpoint, path, size).catch((err: unknown) => {
+          storageAppend: (path, size, ctx) => appendStorage({ engine, mountpoint, owner: { daemonUid: process.getuid?.() ?? -1, uidOption: opts.uid } }, path, size, ctx).catch((err: unknown) => {
             // The writer of /control sees only the errno; the reason goes to the log.
             log.warn({ path, size, err: err instanceof Error ? err.message : String(err) }, 'storage-append refused');
             throw err;
@@ -123,21 +127,6 @@ export class Daemon {
       await origin.close().catch(() => undefined);
       throw err;
     }
-  }
-
-  /**
-   * storage-append: a new preallocated file joins the pool while snapshots are held.
-   * Every refusal leaves everything as it was (see docs/events-and-storage.md for the
-   * errno of each): nothing is created, and an existing file keeps its contents.
-   */
-  static async appendStorage(engine: SnapshotEngine, mountpoint: string, path: string, size: number): Promise<void> {
-    if (!isAbsolute(path)) throw BlksnapError.of('EINVAL', `storage-append needs an absolute path, not "${path}"`);
-    const abs = resolve(path);
-    await checkStoragePath(abs, mountpoint, engine.origin.identity);
-    if (engine.storage.files.some((f) => f.path === abs)) throw BlksnapError.of('EEXIST', `${abs} is already part of the difference storage`);
-    const file = await DiffStorageFile.open(abs, alignUp(size, engine.geometry.chunkSize), { mustBeEmpty: true });
-    engine.storage.addFile(file);
-    engine.events.emit('storage-appended', { path: abs, bytes: file.size });
   }
 
   /** Serve until the mount goes away (umount, fusermount -u), then close everything. */
