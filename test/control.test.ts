@@ -7,7 +7,7 @@
 import test from 'ava';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
-import { KiB, MiB, type Mounted, mountImage, run, sh } from './helpers/fixture.js';
+import { CLI, KiB, MiB, type Mounted, mountImage, must, run, sh } from './helpers/fixture.js';
 import { control } from './helpers/events.js';
 import type { DiffStorageStats } from '../src/storage/diff-storage.js';
 
@@ -77,6 +77,10 @@ test('defect 4: a path with spaces and quotes works as a JSON string', async (t)
   const other = join(dir, 'second one.diff');
   t.is(await control(m.mnt, `storage-append "${other.replace(/"/g, '\\"')}" 1M`), null);
   t.deepEqual((await storageFiles(m)).at(-1), [other, MiB]);
+  // The CLI quotes every path.
+  const third = join(dir, 'third one.diff');
+  await must(process.execPath, [CLI, 'storage', 'append', m.mnt, third, '1M']);
+  t.deepEqual((await storageFiles(m)).at(-1), [third, MiB]);
 });
 
 test('defect 4: a bad line fails its write with EINVAL and changes nothing; the lines after it go on working', async (t) => {
