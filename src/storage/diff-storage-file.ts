@@ -119,6 +119,8 @@ export class DiffStorageFile {
     const { file, created } = await openStorage(path);
     let oldSize: number | null = null;
     let locked = false;
+    /** Remove the file on failure: only one this call created and nobody else took meanwhile. */
+    let removeOnFailure = created;
     try {
       const st = await file.stat();
       await options.checkPlace(st);
@@ -129,7 +131,10 @@ export class DiffStorageFile {
           ? `difference storage ${path} already exists and is not empty`
           : `difference storage ${path} already exists, is not empty and was not made by blksnapfs; refusing to overwrite it`);
       }
-      if (!tryLockExclusive(file.fd)) throw BlksnapError.of('EBUSY', `difference storage ${path} is in use by another mount`);
+      if (!tryLockExclusive(file.fd)) {
+        removeOnFailure = false; // a concurrent open of the same new file locked it first: it is theirs
+        throw BlksnapError.of('EBUSY', `difference storage ${path} is in use by another mount`);
+      }
       locked = true;
       const usable = Math.max(size, marked ? st.size - HEADER_BYTES - ((st.size - HEADER_BYTES) % DIRECT_IO_ALIGNMENT) : 0);
       await checkRoom(path, HEADER_BYTES + usable - st.blocks * 512);
@@ -146,7 +151,7 @@ export class DiffStorageFile {
       if (!created && oldSize !== null) await file.truncate(oldSize).catch(() => undefined);
       if (locked) unlock(file.fd);
       await file.close();
-      if (created) await fsp.rm(path, { force: true });
+      if (removeOnFailure) await fsp.rm(path, { force: true });
       throw err;
     }
   }
