@@ -98,13 +98,15 @@ export class Daemon {
       const tracker = new ChangeTracker(geometry.blockSize, geometry.blockCount);
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
       const handles = new HandleTable();
+      // Who owns the mount, for the root-only commands (caller-policy.ts).
+      const owner = { daemonUid: process.getuid?.() ?? -1, uidOption: opts.uid };
       const tree = new Tree({
         engine,
         facts: { mountpoint, pid: process.pid, mountedAt: new Date(), readOnly: opts.readOnly },
         uid: opts.uid ?? process.getuid?.() ?? 0,
         gid: opts.gid ?? process.getgid?.() ?? 0,
         commands: {
-          storageAppend: (path, size, ctx) => appendStorage({ engine, mountpoint, owner: { daemonUid: process.getuid?.() ?? -1, uidOption: opts.uid } }, path, size, ctx).catch((err: unknown) => {
+          storageAppend: (path, size, ctx) => appendStorage({ engine, mountpoint, owner }, path, size, ctx).catch((err: unknown) => {
             // The writer of /control sees only the errno; the reason goes to the log.
             log.warn({ path, size, err: err instanceof Error ? err.message : String(err) }, 'storage-append refused');
             throw err;
