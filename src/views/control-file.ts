@@ -2,7 +2,7 @@
  * /control: one command per line (see the interface contract). Lines are assembled per
  * open file across write() calls (control-lines.ts) and split into words, a PATH
  * possibly written as a JSON string (control-parse.ts); a command runs when its newline
- * arrives, or at close for a last line without one, never a part of one.
+ * arrives, or at the last close for a last line without one, never a part of one.
  *
  * A write runs the lines it completes in order and fails with the first failure: EINVAL
  * for a line that does not parse (it ran nothing), else the failed command's errno. The
@@ -95,15 +95,16 @@ export class ControlFile implements FileView {
 
   async fsync(): Promise<void> {}
 
-  /** close(2): a last line without a newline runs now, and its failure is close's. */
-  flush(): Promise<void> {
-    return this.serially(() => this.runLastLine());
-  }
-
-  /** After the last close. A last line still here (a transport that never flushed) runs now; only the log can hear how it went. */
+  /**
+   * After the last close: a last line without a newline runs now, and only the log can
+   * hear how it went. Not at FUSE FLUSH, though that could report to close(): FLUSH comes
+   * at every close of every descriptor of the open file, and a child process that
+   * inherits one closes it at exec (O_CLOEXEC), so a line could run while its writer
+   * still had the rest of it to write.
+   */
   release(): void {
     void this.serially(() => this.runLastLine()).catch((err: unknown) => {
-      this.log?.warn({ err: err instanceof Error ? err.message : String(err) }, '/control: the last line, run at release, failed');
+      this.log?.warn({ err: err instanceof Error ? err.message : String(err) }, '/control: the last line, run at close, failed');
     });
   }
 

@@ -39,12 +39,6 @@ export interface FileView {
   /** Write buf[0, length) at `position`; return how many bytes were written. */
   write(buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
   fsync(): Promise<void>;
-  /**
-   * At each close(2) of a descriptor of this open file (FUSE FLUSH), before the last
-   * one's release; its error is close's. Optional: only files that hold work back
-   * (/control's last line without a newline) need it.
-   */
-  flush?(): Promise<void>;
   release(): void;
 }
 
