@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { KiB, isMounted } from './helpers/fixture.js';
 import { startFaultFs } from './helpers/fault-fs.js';
 import { allocAligned } from '../src/storage/aligned.js';
-import { fallocate, tryLockExclusive, unlock } from '../src/storage/native.js';
+import { fallocateAsync, tryLockExclusive, unlock } from '../src/storage/native.js';
 
 async function errnoOf(work: Promise<unknown>): Promise<string | null> {
   try {
@@ -53,12 +53,12 @@ test('what the daemon needs works: O_DIRECT opens and I/O, fallocate (and its fa
   const fh = await fsp.open(ffs.path('d.diff'), fsc.O_RDWR | fsc.O_DIRECT | fsc.O_CREAT | fsc.O_EXCL, 0o600);
   t.teardown(() => fh.close());
   t.true(tryLockExclusive(fh.fd), 'flock');
-  fallocate(fh.fd, 0, 1024 * KiB);
+  await fallocateAsync(fh.fd, 0, 1024 * KiB);
   t.is((await fsp.stat(ffs.backingPath('d.diff'))).size, 1024 * KiB, 'fallocate reaches the backing file');
   const block = allocAligned(64 * KiB).fill(7);
   await fh.write(block, 0, block.length, 64 * KiB);
   await ffs.fail({ file: 'd.diff', op: 'fallocate', errno: 'ENOSPC' });
-  t.throws(() => fallocate(fh.fd, 0, 2048 * KiB), { message: /ENOSPC/ });
+  await t.throwsAsync(() => fallocateAsync(fh.fd, 0, 2048 * KiB), { message: /ENOSPC/ });
   await ffs.heal();
   await ffs.fail({ file: 'd.diff', op: 'read', delayMs: 500 });
   const started = Date.now();

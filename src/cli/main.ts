@@ -175,7 +175,8 @@ if any take fails, the snapshots already taken are destroyed and the command fai
     .argument('<mountpoint>')
     .argument('<path>', 'new file (must not exist, or be empty)')
     .argument('<size>', 'size, e.g. 1G')
-    .action(async (mnt: string, path: string, size: string) => sendControl(mnt, `storage-append ${resolve(path)} ${size}`));
+    // Always a JSON string: any path (spaces, quotes) reaches the daemon as one word.
+    .action(async (mnt: string, path: string, size: string) => sendControl(mnt, `storage-append ${JSON.stringify(resolve(path))} ${size}`));
 
   registerCbtCommands(program);
   registerBackupCommands(program);

@@ -89,7 +89,7 @@ export class CbtPersistence {
     if (spec.path === undefined && origin.identity.kind === 'block-device') {
       await fsp.mkdir(BLOCK_DEVICE_STATE_DIR, { recursive: true, mode: 0o700 });
     }
-    await checkStoragePath(path, spec.mountpoint, origin.identity, 'change-tracking state');
+    await checkStoragePath(path, { origin: origin.identity, mountpoint: spec.mountpoint }, 'change-tracking state');
     const saved = await loadCbtState(path);
     const now = await fingerprintOrigin(origin);
     const decision = decideContinuity({ saved, origin: now, blockSize: geometry.blockSize, blockCount: geometry.blockCount, trust: spec.trust });

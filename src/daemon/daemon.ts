@@ -8,7 +8,7 @@
  * mounted.
  */
 import { promises as fsp } from 'node:fs';
-import { basename, isAbsolute, resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import { SnapshotEngine } from '../engine/engine.js';
@@ -18,7 +18,8 @@ import { OriginDevice } from '../storage/origin-device.js';
 import { DiffStorage } from '../storage/diff-storage.js';
 import { StorageGrowth } from '../storage/storage-growth.js';
 import { DiffStorageFile } from '../storage/diff-storage-file.js';
-import { checkStoragePath } from '../storage/storage-path-policy.js';
+import { checkOpenedStorage, checkStoragePath } from '../storage/storage-path-policy.js';
+import { appendStorage } from './storage-append.js';
 import { alignUp } from '../storage/aligned.js';
 import { formatSize } from '../sizes.js';
 import { MountTree } from '../views/tree.js';
@@ -77,11 +78,14 @@ export class Daemon {
     let cbt: CbtPersistence | null = null;
     try {
       const geometry = deriveGeometry(origin.size, opts.chunkSize, opts.blockSize);
-      const storagePath = opts.diffStorage ?? defaultDiffStoragePath(origin);
-      await checkStoragePath(storagePath, mountpoint, origin.identity);
+      const guard = { origin: origin.identity, mountpoint };
+      const storagePath = await checkStoragePath(opts.diffStorage ?? defaultDiffStoragePath(origin), guard);
       cbt = await CbtPersistence.open({ path: opts.cbtState, trust: opts.cbtTrust, origin, mountpoint, diffStoragePath: storagePath, geometry, log });
       const diffSize = alignUp(opts.diffSize ?? Math.max(MIN_DEFAULT_DIFF, Math.ceil(origin.size / 10)), geometry.chunkSize);
-      storageFile = await DiffStorageFile.open(storagePath, diffSize, { mustBeEmpty: false });
+      storageFile = await DiffStorageFile.open(storagePath, diffSize, {
+        existing: 'empty-or-marked',
+        checkPlace: (st) => checkOpenedStorage(storagePath, st, guard),
+      });
       if (storageFile.size < geometry.chunkSize) {
         throw BlksnapError.of('EINVAL', `difference storage (${storageFile.size} bytes) is smaller than one chunk (${geometry.chunkSize})`);
       }
@@ -107,8 +111,11 @@ export class Daemon {
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
       if (cbt.resetReason !== null) events.emit('cbt-reset', { generation_id: tracker.generationId, reason: cbt.resetReason });
       let session: FuseSession | null = null;
+      // Who owns the mount, for the root-only commands (caller-policy.ts).
+      const owner = { daemonUid: process.getuid?.() ?? -1, uidOption: opts.uid };
       const tree = new MountTree({
         engine,
+        log,
         facts: {
           mountpoint, pid: process.pid, mountedAt: new Date(), readOnly: opts.readOnly,
           transport: () => session?.stats() ?? null,
@@ -116,7 +123,7 @@ export class Daemon {
         uid: opts.uid ?? process.getuid?.() ?? 0,
         gid: opts.gid ?? process.getgid?.() ?? 0,
         commands: {
-          storageAppend: (path, size, _ctx) => Daemon.appendStorage(engine, mountpoint, path, size).catch((err: unknown) => {
+          storageAppend: (path, size, ctx) => appendStorage({ engine, mountpoint, owner }, path, size, ctx).catch((err: unknown) => {
             // The writer of /control sees only the errno; the reason goes to the log.
             log.warn({ path, size, err: err instanceof Error ? err.message : String(err) }, 'storage-append refused');
             throw err;
@@ -140,21 +147,6 @@ export class Daemon {
       await origin.close().catch(() => undefined);
       throw err;
     }
-  }
-
-  /**
-   * storage-append: a new preallocated file joins the pool while snapshots are held.
-   * Every refusal leaves everything as it was (see docs/events-and-storage.md for the
-   * errno of each): nothing is created, and an existing file keeps its contents.
-   */
-  static async appendStorage(engine: SnapshotEngine, mountpoint: string, path: string, size: number): Promise<void> {
-    if (!isAbsolute(path)) throw BlksnapError.of('EINVAL', `storage-append needs an absolute path, not "${path}"`);
-    const abs = resolve(path);
-    await checkStoragePath(abs, mountpoint, engine.origin.identity);
-    if (engine.storage.files.some((f) => f.path === abs)) throw BlksnapError.of('EEXIST', `${abs} is already part of the difference storage`);
-    const file = await DiffStorageFile.open(abs, alignUp(size, engine.geometry.chunkSize), { mustBeEmpty: true });
-    engine.storage.addFile(file);
-    engine.events.emit('storage-appended', { path: abs, bytes: file.size });
   }
 
   /**

@@ -82,7 +82,7 @@ export class DiffStorage {
 
   /** Add a file to the pool; its whole chunks become allocatable at once. */
   addFile(file: DiffStorageFile): void {
-    this.addExtent(file, 0, Math.floor(file.size / this.chunkSize));
+    this.addExtent(file, file.dataOffset, Math.floor(file.size / this.chunkSize));
   }
 
   private addExtent(file: DiffStorageFile, fileOffset: number, slotCount: number): void {
@@ -101,7 +101,7 @@ export class DiffStorage {
     if (slots <= 0) throw BlksnapError.of('EINVAL', `cannot grow the difference storage by less than one chunk (${this.chunkSize} bytes)`);
     let firstError: unknown = null;
     for (const file of [...this.files].reverse()) {
-      const offset = file.size;
+      const offset = file.end;
       try {
         await file.extend(slots * this.chunkSize);
       } catch (err) {

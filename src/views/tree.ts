@@ -9,6 +9,7 @@
  */
 import { constants as fsc } from 'node:fs';
 import type { SnapshotEngine } from '../engine/engine.js';
+import type { Logger } from '../engine/logger.js';
 import { BlksnapError } from '../errors.js';
 import { BytesFile } from './bytes-file.js';
 import { ControlFile, type ControlCommands } from './control-file.js';
@@ -35,6 +36,8 @@ export interface TreeOptions {
   engine: SnapshotEngine;
   facts: MountFacts;
   commands: ControlCommands;
+  /** Where a /control line that fails at the last close is reported (nobody else can be told). */
+  log?: Logger;
   /** Owner of every file in the mount (uid=/gid= or the daemon's own). */
   uid: number;
   gid: number;
@@ -187,7 +190,7 @@ export class MountTree implements FileSystem {
         return new BytesFile(jsonBytes(mountStatus(this.engine, this.options.facts)));
       case 'control':
         if (access !== fsc.O_WRONLY) throw BlksnapError.of('EACCES', '/control is write-only');
-        return new ControlFile(this.options.commands);
+        return new ControlFile(this.options.commands, this.options.log ?? null);
       case 'image':
         readOnlyFile('snapshot images', 'EROFS');
         return new ImageFile(this.engine, node.snapshot);

@@ -36,7 +36,7 @@ export async function openEngine(t: ExecutionContext, spec: EngineSpec): Promise
   await makeImage(originPath, spec.size);
   const origin = await OriginDevice.open(originPath, { readOnly: false });
   const geometry = deriveGeometry(origin.size, spec.chunkSize, 64 * 1024);
-  const file = await DiffStorageFile.open(join(dir, 'diff'), spec.diffSize, { mustBeEmpty: false });
+  const file = await DiffStorageFile.open(join(dir, 'diff'), spec.diffSize, { existing: 'empty', checkPlace: async () => undefined });
   const storage = new DiffStorage(geometry.chunkSize, spec.threshold ?? 0);
   storage.addFile(file);
   const events = new EventQueue();

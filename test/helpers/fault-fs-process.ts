@@ -22,7 +22,8 @@ import fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { Cb, CbWith, FuseStat, FuseStatFs } from '../../src/fuse/fuse-native/binding.js';
-import { fallocate } from '../../src/storage/native.js';
+import { fallocateAsync } from '../../src/storage/native.js';
+import { errnoNumber, errnoNameOf } from '../../src/errors.js';
 import { FaultRules, type FaultOp, type FaultRule } from './fault-rules.js';
 import { createFaultFuse, type FaultFuseOps } from './fault-fuse-native.js';
 
@@ -102,7 +103,7 @@ function passthroughOps(backing: string, rules: FaultRules): FaultFuseOps {
     fallocate: (path, fd, mode, offset, length, cb) =>
       guarded(path, 'fallocate', offset, length, cb, () => {
         if (mode !== 0) cb(-osConstants.errno.EOPNOTSUPP); // only plain preallocation is passed on
-        else done(cb, () => fallocate(fd, offset, length));
+        else fallocateAsync(fd, offset, length).then(() => cb(0), (err: unknown) => cb(-errnoNumber(errnoNameOf(err))));
       }),
     truncate: (path, size, cb) => done(cb, () => fs.truncateSync(real(path), size)),
     ftruncate: (_path, fd, size, cb) => done(cb, () => fs.ftruncateSync(fd, size)),
