@@ -150,7 +150,7 @@ test('defect 4: a last line without a newline runs at the last close, even when 
 });
 
 test('defect 8: with -o uid=1000 (fuse-native cannot tell the caller), storage-append is EPERM, for root and for that user', async (t) => {
-  const m = await mountImage(t, { size: 16 * MiB, options: 'diff_size=4M,uid=1000,gid=1000,allow_other' });
+  const m = await mountImage(t, { size: 16 * MiB, options: 'diff_size=4M,uid=1000,gid=1000,allow_other,transport=fuse-native' });
   await fsp.chmod(m.dir, 0o755);
   const target = join(m.dir, 'evil.diff');
   t.is(await control(m.mnt, `storage-append ${target} 1M`), 'EPERM', 'root through a mount handed to uid 1000');
@@ -164,4 +164,18 @@ test('defect 8: with -o uid=1000 (fuse-native cannot tell the caller), storage-a
   const dirty = await run('setpriv', ['--reuid=1000', '--regid=1000', '--clear-groups', 'bash', '-c',
     `echo "cbt-dirty 0 1" > '${m.path('control')}'`]);
   t.is(dirty.code, 0, dirty.stderr);
+});
+
+test('defect 8 with libfuse 3, which tells the caller: the user a mount is handed to gets EPERM, root may append', async (t) => {
+  const m = await mountImage(t, { size: 16 * MiB, options: 'diff_size=4M,uid=1000,gid=1000,allow_other' });
+  await fsp.chmod(m.dir, 0o755);
+  const target = join(m.dir, 'evil.diff');
+  const asUser = await run('setpriv', ['--reuid=1000', '--regid=1000', '--clear-groups', 'bash', '-c',
+    `echo "storage-append ${target} 1M" > '${m.path('control')}'`]);
+  t.not(asUser.code, 0);
+  t.regex(asUser.stderr, /Operation not permitted/);
+  await t.throwsAsync(fsp.stat(target), { code: 'ENOENT' });
+  const extra = join(m.dir, 'extra.diff');
+  t.is(await control(m.mnt, `storage-append ${extra} 1M`), null, 'root, known as root, may');
+  t.is(((await m.status())['diff_storage'] as DiffStorageStats).files.length, 2);
 });
