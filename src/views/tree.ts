@@ -126,7 +126,7 @@ export class MountTree implements FileSystem {
         const size = node.kind === 'image' ? node.snapshot.deviceCapacity
           : node.kind === 'cbtmap' ? node.snapshot.cbt.map.length
           : jsonBytes(snapshotInfo(this.engine, node.snapshot)).length;
-        return { ...file(m.readOnlyFile, size), ...times };
+        return { ...file(node.kind === 'image' ? m.image : m.readOnlyFile, size), ...times };
       }
     }
   }
@@ -146,6 +146,7 @@ export class MountTree implements FileSystem {
       // `echo cmd > control` truncates first.
       if (node.kind === 'control' || node.kind === 'events') return reply;
       if (node.kind === 'origin') throw BlksnapError.of('EPERM', `the origin's size is fixed at ${reply.attr.size} bytes`);
+      if (node.kind === 'image' && !this.options.facts.readOnly) throw BlksnapError.of('EPERM', `an image's size is fixed at ${reply.attr.size} bytes`);
       throw BlksnapError.of('EROFS', `${node.kind} cannot be truncated`);
     }
     return reply;
@@ -189,7 +190,7 @@ export class MountTree implements FileSystem {
         if (access !== fsc.O_WRONLY) throw BlksnapError.of('EACCES', '/control is write-only');
         return new ControlFile(this.options.commands);
       case 'image':
-        readOnlyFile('snapshot images', 'EROFS');
+        if (writing && this.options.facts.readOnly) throw BlksnapError.of('EROFS', 'snapshot images are read-only on a read-only mount (-o ro)');
         return new ImageFile(this.engine, node.snapshot);
       case 'cbtmap': {
         readOnlyFile('cbtmap', 'EROFS');
