@@ -132,15 +132,19 @@ export class MountTree implements FileSystem {
   }
 
   getattr(ino: NodeId, fh: number | null): AttrReply {
-    // An open file answers for itself, whatever happened to its name since.
-    const node = fh !== null && this.handles.has(fh) ? this.handles.node(fh) : this.node(ino);
+    const node = this.nodeOf(ino, fh);
     return { attr: this.attr(node), attrTimeout: this.attrTimeout(node) };
+  }
+
+  /** An open file answers for itself, whatever happened to its name since (and whatever node id the transport has). */
+  private nodeOf(ino: NodeId, fh: number | null): Node {
+    return fh !== null && this.handles.has(fh) ? this.handles.node(fh) : this.node(ino);
   }
 
   /** Nothing grows or shrinks and modes are fixed; truncating to the current size and touch are fine. */
   setattr(ino: NodeId, fh: number | null, changes: SetAttrChanges): AttrReply {
-    const reply = this.getattr(ino, fh);
-    const node = this.node(reply.attr.ino);
+    const node = this.nodeOf(ino, fh);
+    const reply = { attr: this.attr(node), attrTimeout: this.attrTimeout(node) };
     if (changes.owner === true) throw BlksnapError.of('EPERM', 'modes and owners are fixed');
     if (changes.size !== undefined && changes.size !== reply.attr.size) {
       // `echo cmd > control` truncates first.
