@@ -200,3 +200,36 @@ test('image writes mark the active map and the snapshot\'s own map; a corrupted 
   await t.throwsAsync(() => writeImage(engine, 's', 0, randomBytes(10)), { code: 'EIO' });
   await t.throwsAsync(() => writeImage(engine, 's', 4 * MiB - 5, randomBytes(10)), { code: 'EINVAL' });
 });
+
+test('a failing difference storage: a copy that cannot be made fails the write only; a failed data write corrupts the snapshot', async (t) => {
+  const { engine, events } = await openEngine(t, { size: 1 * MiB, chunkSize: CHUNK, diffSize: 4 * MiB });
+  const v0 = await readOrigin(engine);
+  const snap = await engine.take('s');
+  const storage = engine.storage;
+  const plainWriteChunk = storage.writeChunk.bind(storage);
+  const fail = (): Promise<void> => Promise.reject(Object.assign(new Error('injected EIO'), { code: 'EIO' }));
+  // The private copy cannot be written: the write fails, nothing is recorded, nothing is kept.
+  storage.writeChunk = fail;
+  await t.throwsAsync(() => writeImage(engine, 's', 100, randomBytes(10)), { code: 'EIO' });
+  t.is(snap.state, 'ok');
+  t.is(engine.privateChunks, 0);
+  t.is(engine.storage.stats().used, 0);
+  t.true((await readImage(engine, 's')).equals(v0));
+  storage.writeChunk = plainWriteChunk;
+  // The copy is made but the caller's bytes cannot be written into it: its contents are
+  // unknown now, so the snapshot is corrupted (one event) and its image reads EIO.
+  const plainWritePart = storage.writeChunkPart.bind(storage);
+  storage.writeChunkPart = fail;
+  await t.throwsAsync(() => writeImage(engine, 's', 100, randomBytes(10)), { code: 'EIO' });
+  storage.writeChunkPart = plainWritePart;
+  t.is(snap.state, 'corrupted');
+  t.is(snap.error, 'EIO');
+  await t.throwsAsync(() => readImage(engine, 's'), { code: 'EIO' });
+  let corrupted = 0;
+  for (let s = events.oldestSeq; s < events.headSeq; s++) if (events.get(s)?.type === 'corrupted') corrupted++;
+  t.is(corrupted, 1);
+  // The origin carries on.
+  const data = randomBytes(CHUNK);
+  await engine.writeOrigin(data, 0, CHUNK, 0);
+  t.true((await readOrigin(engine)).subarray(0, CHUNK).equals(data));
+});
