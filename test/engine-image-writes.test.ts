@@ -233,3 +233,33 @@ test('a failing difference storage: a copy that cannot be made fails the write o
   await engine.writeOrigin(data, 0, CHUNK, 0);
   t.true((await readOrigin(engine)).subarray(0, CHUNK).equals(data));
 });
+
+test('no saved copy is made for a chunk that every snapshot needing it owns privately', async (t) => {
+  const { engine } = await openEngine(t, { size: 1 * MiB, chunkSize: CHUNK, diffSize: 4 * MiB });
+  const v0 = await readOrigin(engine);
+  const a = await engine.take('a');
+  const b = await engine.take('b');
+  const inA = randomBytes(100);
+  const inB = randomBytes(100);
+  await writeImage(engine, 'a', 10, inA);
+  await writeImage(engine, 'b', 20, inB);
+  await writeImage(engine, 'b', CHUNK + 20, inB); // chunk 1: only b owns it
+  await engine.writeOrigin(randomBytes(2 * CHUNK), 0, 2 * CHUNK, 0);
+  t.is(engine.savedChunks, 1, 'chunk 0 needs no saved copy (a and b own it); chunk 1 does (for a)');
+  const expectA = Buffer.from(v0);
+  inA.copy(expectA, 10);
+  const expectB = Buffer.from(v0);
+  inB.copy(expectB, 20);
+  inB.copy(expectB, CHUNK + 20);
+  t.true((await readImage(engine, 'a')).equals(expectA));
+  t.true((await readImage(engine, 'b')).equals(expectB));
+  // A snapshot taken later gets its copies as usual.
+  const v1 = await readOrigin(engine);
+  await engine.take('c');
+  await engine.writeOrigin(randomBytes(2 * CHUNK), 0, 2 * CHUNK, 0);
+  t.is(engine.savedChunks, 3);
+  t.true((await readImage(engine, 'c')).equals(v1));
+  t.true((await readImage(engine, 'a')).equals(expectA));
+  t.is(a.state, 'ok');
+  t.is(b.state, 'ok');
+});

@@ -109,6 +109,7 @@ export class SnapshotEngine {
         this.readAhead.forgetSlot(slot);
       },
       needed: (lo, hi) => this.anyLiveIn(lo, hi),
+      ownedByAll: (chunk, lo, hi) => this.ownedByAllIn(chunk, lo, hi),
       failed: (lo, hi, err, what) => this.corruptRange(lo, hi, err, what),
     });
     this.imageWrites = new ImageWrites({
@@ -203,6 +204,17 @@ export class SnapshotEngine {
   private anyLiveIn(lo: number, hi: number): boolean {
     for (const s of this.live) if (s.seq > lo && s.seq <= hi) return true;
     return false;
+  }
+
+  /** Every live snapshot in (lo, hi] has its own copy of `chunk` (and there is at least one). */
+  private ownedByAllIn(chunk: number, lo: number, hi: number): boolean {
+    let any = false;
+    for (const s of this.live) {
+      if (s.seq <= lo || s.seq > hi) continue;
+      if (s.privateChunks.slotOf(chunk) < 0) return false;
+      any = true;
+    }
+    return any;
   }
 
   private corruptRange(lo: number, hi: number, err: unknown, what: string): void {
