@@ -1,6 +1,6 @@
 /**
  * The compatibility transport (-o transport=fuse-native) runs the core suites too:
- * mounting, point in time, lifetimes and events, through the same seam. ES modules
+ * mounting, point in time, lifetimes, events and writable images, through the same seam. ES modules
  * run in import order, so the first import switches the transport for the rest.
  */
 import './helpers/use-fuse-native.js';
@@ -8,3 +8,4 @@ import './mount.test.js';
 import './point-in-time.test.js';
 import './lifetimes.test.js';
 import './events.test.js';
+import './writable-image.test.js';

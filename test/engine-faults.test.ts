@@ -222,6 +222,7 @@ test('chunk copies: a write for a newer snapshot never joins a copy in flight fo
     pool: new AlignedBufferPool(CHUNK, 4),
     slotReused: () => undefined,
     needed: () => true,
+    ownedByAll: () => false,
     failed: (lo, hi, err) => void failures.push(`(${lo}, ${hi}]: ${String(err)}`),
   });
   const forOne = copies.prepareWrite(0, 0, 1);

@@ -32,6 +32,11 @@
  *   the write's new bytes from the origin, with its state ok.
  * - A copy never rejects: its outcome is its state, and a failure is reported through
  *   `failed` (which corrupts the snapshots in (lo, hi]).
+ * - No copy is made for snapshots that all own a private copy of the chunk (writes to
+ *   their images, private-chunks.ts): they never read the origin's chunk or a saved
+ *   copy again, so savedThrough just moves on. A private copy still being made is not
+ *   owned yet (it is recorded only when complete): the copy is made as usual, and the
+ *   private copy's origin read is a registered reader the write waits for.
  * - An image read decides where a chunk comes from and, when that is the origin,
  *   registers as the chunk's reader in one synchronous span (no await between the two;
  *   origin-readers.ts). A write waits, after its copies have settled, for the readers
@@ -58,6 +63,8 @@ export interface ChunkCopyParts {
   slotReused(slot: number): void;
   /** Whether a snapshot still alive lies in (lo, hi]. */
   needed(lo: number, hi: number): boolean;
+  /** Whether every live snapshot in (lo, hi] owns a private copy of `chunk` (image writes). */
+  ownedByAll(chunk: number, lo: number, hi: number): boolean;
   /** The copy serving (lo, hi] failed: corrupt those snapshots. Must not throw. */
   failed(lo: number, hi: number, err: unknown, what: string): void;
 }
@@ -123,7 +130,13 @@ export class ChunkCopies {
   private copyFor(chunk: number, newest: number): Promise<void> | null {
     if (this.table.savedThrough(chunk) >= newest) return null;
     const running = this.inFlight.get(chunk);
-    if (running === undefined) return this.start(chunk, newest).settled;
+    if (running === undefined) {
+      if (this.parts.ownedByAll(chunk, this.table.savedThrough(chunk), newest)) {
+        this.table.setSavedThrough(chunk, newest);
+        return null;
+      }
+      return this.start(chunk, newest).settled;
+    }
     if (running.hi >= newest) return running.settled;
     // A copy for an older snapshot: it cannot serve `newest`. Wait, then look again.
     return running.settled.then(() => this.copyFor(chunk, newest) ?? undefined);

@@ -12,7 +12,9 @@
  *   image read of snapshot s, chunk c:
  *                  a record with lo < s <= hi          -> read the saved copy
  *                  s > savedThrough[c]                 -> the origin still holds it
- *                  otherwise                           -> the copy was lost (snapshot corrupted)
+ *                  otherwise                           -> the copy was lost (snapshot corrupted),
+                                                         or none was made because the snapshot
+                                                         owns a private copy (read first, engine)
  *
  * Records live in one growable Uint32Array, four words each (lo, hi, slot, next): 16
  * bytes per saved copy, chained newest first per chunk.

@@ -34,6 +34,7 @@ import type { Geometry } from './geometry.js';
 import { bestEffort, silentLogger, type Logger } from './logger.js';
 import { SavedWindowCache } from './saved-window-cache.js';
 import { SavedReadAhead } from './saved-read-ahead.js';
+import { ImageWrites } from './image-writes.js';
 
 /** Largest piece of a saved chunk read in one O_DIRECT request. */
 const READ_WINDOW = 256 * 1024;
@@ -63,7 +64,7 @@ export class SnapshotEngine {
 
   private readonly chunks: ChunkCopies;
   private readonly barrier = new WriteBarrier();
-  /** Reads (origin, images) and flushes in flight; close waits for them. */
+  /** Reads (origin, images), image writes and flushes in flight; close waits for them. */
   private readonly reads = new InFlight();
   private state: EngineStatus = 'open';
   private closing: Promise<void> | null = null;
@@ -74,6 +75,7 @@ export class SnapshotEngine {
   /** Where each snapshot's next sequential image read would start. */
   private readonly nextImageRead = new WeakMap<Snapshot, number>();
   private readonly windowCache = new SavedWindowCache();
+  private readonly imageWrites: ImageWrites;
 
   /** Named snapshots. */
   private readonly byName = new Map<string, Snapshot>();
@@ -107,7 +109,21 @@ export class SnapshotEngine {
         this.readAhead.forgetSlot(slot);
       },
       needed: (lo, hi) => this.anyLiveIn(lo, hi),
+      ownedByAll: (chunk, lo, hi) => this.ownedByAllIn(chunk, lo, hi),
       failed: (lo, hi, err, what) => this.corruptRange(lo, hi, err, what),
+    });
+    this.imageWrites = new ImageWrites({
+      origin: this.origin,
+      storage: this.storage,
+      chunkSize: chunk,
+      originSize: this.geometry.originSize,
+      sources: this.chunks,
+      windows: this.readPool,
+      slotReused: (slot) => {
+        this.windowCache.allocated(slot);
+        this.readAhead.forgetSlot(slot);
+      },
+      corrupt: (snap, err, what) => this.corruptOne(snap, err, what),
     });
     // Both are called later, outside the storage's and the tracker's own work.
     this.storage.onLowSpace = ({ freeBytes, requestedBytes }) => {
@@ -190,14 +206,28 @@ export class SnapshotEngine {
     return false;
   }
 
+  /** Every live snapshot in (lo, hi] has its own copy of `chunk` (and there is at least one). */
+  private ownedByAllIn(chunk: number, lo: number, hi: number): boolean {
+    let any = false;
+    for (const s of this.live) {
+      if (s.seq <= lo || s.seq > hi) continue;
+      if (s.privateChunks.slotOf(chunk) < 0) return false;
+      any = true;
+    }
+    return any;
+  }
+
   private corruptRange(lo: number, hi: number, err: unknown, what: string): void {
+    for (const snap of this.live) if (snap.seq > lo && snap.seq <= hi) this.corruptOne(snap, err, what);
+  }
+
+  /** Mark `snap` corrupted; the first error raises the one event. */
+  private corruptOne(snap: Snapshot, err: unknown, what: string): void {
     const code = errnoNameOf(err);
     const message = `${what}: ${err instanceof Error ? err.message : String(err)}`;
-    for (const snap of this.live) {
-      if (snap.seq > lo && snap.seq <= hi && snap.corrupt(code, message)) {
-        this.log.error({ snapshot: snap.name, error: code }, message);
-        this.events.emit('corrupted', { snapshot: snap.name, error: code, message });
-      }
+    if (snap.corrupt(code, message)) {
+      this.log.error({ snapshot: snap.name, error: code }, message);
+      this.events.emit('corrupted', { snapshot: snap.name, error: code, message });
     }
   }
 
@@ -285,7 +315,8 @@ export class SnapshotEngine {
     this.live.splice(i, 1);
     const before = this.chunks.savedCopies;
     this.chunks.sweep();
-    this.log.info({ snapshot: snap.name, seq: snap.seq, chunks_freed: before - this.chunks.savedCopies }, 'snapshot released');
+    const privateFreed = snap.privateChunks.releaseAll((slot) => this.storage.release(slot));
+    this.log.info({ snapshot: snap.name, seq: snap.seq, chunks_freed: before - this.chunks.savedCopies, private_chunks_freed: privateFreed }, 'snapshot released');
   }
 
   // ---- images ------------------------------------------------------------------
@@ -303,6 +334,41 @@ export class SnapshotEngine {
     }
     // A copy that failed while we read means what we read may be newer than the snapshot.
     this.checkNotCorrupted(snap);
+  }
+
+  /**
+   * Write into the image of `snap` (image-writes.ts): the bytes go to the snapshot's
+   * private copies of the chunks, never to the origin or a copy other snapshots share.
+   * No space for a copy: ENOSPC, nothing written, the snapshot still valid. The blocks
+   * are marked in the active change map and in the snapshot's own cbtmap first (a mark
+   * is never missing for bytes that landed; one for a write that failed only costs an
+   * incremental backup those blocks). The write holds the snapshot while it runs, so
+   * its private chunks cannot be freed under it.
+   */
+  async writeImage(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    this.checkOpen('write a snapshot image');
+    this.checkRange(position, length);
+    if (this.origin.readOnly) throw BlksnapError.of('EROFS', 'the mount is read-only: so are its snapshot images');
+    this.checkNotCorrupted(snap);
+    if (length === 0) return;
+    this.acquire(snap);
+    this.reads.begin();
+    try {
+      this.markImageWrite(snap, position, length);
+      await this.imageWrites.write(snap, buf, offset, length, position);
+    } finally {
+      this.reads.end();
+      this.release(snap);
+    }
+    // A copy that failed meanwhile: the snapshot, written or not, is no longer its point in time.
+    this.checkNotCorrupted(snap);
+  }
+
+  /** blksnap marks image writes in both maps (cbt_map_set_both): the active one and the snapshot's own. */
+  private markImageWrite(snap: Snapshot, position: number, length: number): void {
+    this.tracker.mark(position, length);
+    const [first, last] = this.tracker.blocksOf(position, length);
+    snap.cbt.map.fill(snap.cbt.changesNumber, first, Math.min(last, snap.cbt.map.length - 1) + 1);
   }
 
   /**
@@ -339,11 +405,17 @@ export class SnapshotEngine {
   }
 
   private async readImagePiece(snap: Snapshot, chunk: number, inChunk: number, length: number, buf: Buffer, offset: number): Promise<void> {
+    // Written through the image: its own copy, whatever the origin and the saved copies hold.
+    const own = snap.privateChunks.slotOf(chunk);
+    if (own >= 0) {
+      await this.readSaved(own, inChunk, length, buf, offset, false);
+      return;
+    }
     // Decision and reader registration in one synchronous call (see chunk-copy.ts).
     const source = this.chunks.startRead(chunk, snap.seq);
     switch (source.from) {
       case 'saved':
-        await this.readSaved(source.slot, inChunk, length, buf, offset);
+        await this.readSaved(source.slot, inChunk, length, buf, offset, true);
         return;
       case 'origin':
         try {
@@ -367,6 +439,7 @@ export class SnapshotEngine {
     const to = Math.min(this.geometry.chunkCount - 1, from + chunks - 1);
     let originChunks = 0;
     for (let c = from; c <= to; c++) {
+      if (snap.privateChunks.slotOf(c) >= 0) continue; // read from its own copy, never cached
       const slot = this.chunks.savedSlot(c, snap.seq);
       if (slot < 0) {
         originChunks++;
@@ -383,16 +456,17 @@ export class SnapshotEngine {
   /**
    * O_DIRECT reads of the aligned windows around [inChunk, inChunk + length). A read
    * that needs only part of a window keeps the whole window in the cache for its
-   * neighbours; whole-window reads go straight through.
+   * neighbours; whole-window reads go straight through. A private chunk (`cacheable`
+   * false) changes with every image write, so it is never cached nor read ahead.
    */
-  private async readSaved(slot: number, inChunk: number, length: number, buf: Buffer, offset: number): Promise<void> {
+  private async readSaved(slot: number, inChunk: number, length: number, buf: Buffer, offset: number, cacheable: boolean): Promise<void> {
     const end = inChunk + length;
     const size = this.readPool.bufferSize;
     for (let window = Math.floor(inChunk / size) * size; window < end; window += size) {
       const from = Math.max(inChunk, window);
       const to = Math.min(end, window + size);
-      const partial = to - from < size;
-      const early = this.readAhead.has(slot, window) ? await this.readAhead.take(slot, window) : null;
+      const partial = cacheable && to - from < size;
+      const early = cacheable && this.readAhead.has(slot, window) ? await this.readAhead.take(slot, window) : null;
       if (early !== null) {
         early.copy(buf, offset + (from - inChunk), from - window, to - window);
         this.readAhead.done(early);
@@ -436,6 +510,13 @@ export class SnapshotEngine {
 
   get savedChunks(): number {
     return this.chunks.savedCopies;
+  }
+
+  /** Chunks that snapshots not yet released own through image writes. */
+  get privateChunks(): number {
+    let n = 0;
+    for (const snap of this.live) n += snap.privateChunks.count;
+    return n;
   }
 
   /**

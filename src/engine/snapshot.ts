@@ -6,7 +6,7 @@
  *     take ──> named (ok | corrupted) ──rmdir──> destroyed, still referenced
  *                                                   │ last open file closed
  *                                                   v
- *                                                released (its saved chunks are freed)
+ *                                                released (its saved and private chunks are freed)
  *
  * The name belongs to the engine's table, not to the object: rmdir removes the name
  * at once, while open files keep their reference and keep reading the same data. A new
@@ -15,6 +15,7 @@
  */
 import type { ErrnoName } from '../errors.js';
 import type { FrozenMap } from './change-tracker.js';
+import { PrivateChunks } from './private-chunks.js';
 
 export type SnapshotState = 'ok' | 'corrupted';
 
@@ -25,6 +26,8 @@ export class Snapshot {
   readonly created: Date;
   readonly deviceCapacity: number;
   readonly cbt: FrozenMap;
+  /** Chunks of its own that writes to its image went to (freed when it is released). */
+  readonly privateChunks = new PrivateChunks();
   state: SnapshotState = 'ok';
   error: ErrnoName | null = null;
   errorMessage: string | null = null;

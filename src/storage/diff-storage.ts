@@ -204,6 +204,16 @@ export class DiffStorage {
     await file.write(buf, this.chunkSize, position);
   }
 
+  /**
+   * Write `length` bytes at `offset` within a slot; offset, length and buf are aligned.
+   * Only a snapshot's private chunks (image writes) are written in part: a saved copy
+   * shared by several snapshots is written once, whole, and never again.
+   */
+  async writeChunkPart(slot: number, offset: number, length: number, buf: Buffer): Promise<void> {
+    const { file, position } = this.locate(slot);
+    await file.write(buf, length, position + offset);
+  }
+
   /** Read `length` bytes at `offset` within a slot; offset and length are aligned. */
   async readChunkPart(slot: number, offset: number, length: number, buf: Buffer): Promise<void> {
     const { file, position } = this.locate(slot);

@@ -1,7 +1,10 @@
 /**
- * /snapshots/NAME/image: the origin as it was when the snapshot was taken. The open
- * file holds a reference to the snapshot object (not its name): after rmdir it keeps
- * reading the same data, and the space is freed at its release.
+ * /snapshots/NAME/image: the origin as it was when the snapshot was taken, writable
+ * unless the mount is read-only (writes change only this image: engine.writeImage).
+ * The open file holds a reference to the snapshot object (not its name): after rmdir
+ * it keeps reading and writing the same data, and the space is freed at its release.
+ * Range rules as for /origin: a write that starts at or past the end fails with
+ * ENOSPC, one that straddles the end is cut short.
  */
 import type { SnapshotEngine } from '../engine/engine.js';
 import type { Snapshot } from '../engine/snapshot.js';
@@ -21,8 +24,12 @@ export class ImageFile implements FileView {
     return n;
   }
 
-  write(): Promise<number> {
-    return Promise.reject(BlksnapError.of('EROFS', 'snapshot images are read-only'));
+  async write(buf: Buffer, length: number, position: number): Promise<number> {
+    const size = this.snapshot.deviceCapacity;
+    if (position >= size) throw BlksnapError.of('ENOSPC', `write at ${position} is past the end of the image (${size} bytes)`);
+    const n = Math.min(length, size - position);
+    await this.engine.writeImage(this.snapshot, buf, 0, n, position);
+    return n;
   }
 
   async fsync(): Promise<void> {}

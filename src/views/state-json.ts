@@ -28,6 +28,8 @@ export function snapshotInfo(engine: SnapshotEngine, snap: Snapshot): object {
     block_count: engine.tracker.blockCount,
     generation_id: snap.cbt.generationId,
     changes_number: snap.cbt.changesNumber,
+    // Chunks of its own that writes to its image went to (freed with the snapshot).
+    private_chunks: snap.privateChunks.count,
   };
 }
 
@@ -55,7 +57,9 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
     chunk_count: engine.geometry.chunkCount,
     block_size: engine.tracker.blockSize,
     block_count: engine.tracker.blockCount,
-    diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks },
+    // saved_chunks: copies of origin chunks for snapshots; private_chunks: chunks
+    // snapshots own through writes to their images. Both are in `used`.
+    diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks, private_chunks: engine.privateChunks },
     // null, or when a /control freeze ends by itself unless thawed first.
     frozen_until: engine.freezer.frozenUntil?.toISOString() ?? null,
     change_tracking: {
@@ -81,6 +85,7 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
       error: s.error,
       changes_number: s.cbt.changesNumber,
       generation_id: s.cbt.generationId,
+      private_chunks: s.privateChunks.count,
     })),
   };
 }

@@ -129,26 +129,31 @@ export class MountTree implements FileSystem {
         const size = node.kind === 'image' ? node.snapshot.deviceCapacity
           : node.kind === 'cbtmap' ? node.snapshot.cbt.map.length
           : jsonBytes(snapshotInfo(this.engine, node.snapshot)).length;
-        return { ...file(m.readOnlyFile, size), ...times };
+        return { ...file(node.kind === 'image' ? m.image : m.readOnlyFile, size), ...times };
       }
     }
   }
 
   getattr(ino: NodeId, fh: number | null): AttrReply {
-    // An open file answers for itself, whatever happened to its name since.
-    const node = fh !== null && this.handles.has(fh) ? this.handles.node(fh) : this.node(ino);
+    const node = this.nodeOf(ino, fh);
     return { attr: this.attr(node), attrTimeout: this.attrTimeout(node) };
+  }
+
+  /** An open file answers for itself, whatever happened to its name since (and whatever node id the transport has). */
+  private nodeOf(ino: NodeId, fh: number | null): Node {
+    return fh !== null && this.handles.has(fh) ? this.handles.node(fh) : this.node(ino);
   }
 
   /** Nothing grows or shrinks and modes are fixed; truncating to the current size and touch are fine. */
   setattr(ino: NodeId, fh: number | null, changes: SetAttrChanges): AttrReply {
-    const reply = this.getattr(ino, fh);
-    const node = this.node(reply.attr.ino);
+    const node = this.nodeOf(ino, fh);
+    const reply = { attr: this.attr(node), attrTimeout: this.attrTimeout(node) };
     if (changes.owner === true) throw BlksnapError.of('EPERM', 'modes and owners are fixed');
     if (changes.size !== undefined && changes.size !== reply.attr.size) {
       // `echo cmd > control` truncates first.
       if (node.kind === 'control' || node.kind === 'events') return reply;
       if (node.kind === 'origin') throw BlksnapError.of('EPERM', `the origin's size is fixed at ${reply.attr.size} bytes`);
+      if (node.kind === 'image' && !this.options.facts.readOnly) throw BlksnapError.of('EPERM', `an image's size is fixed at ${reply.attr.size} bytes`);
       throw BlksnapError.of('EROFS', `${node.kind} cannot be truncated`);
     }
     return reply;
@@ -192,7 +197,7 @@ export class MountTree implements FileSystem {
         if (access !== fsc.O_WRONLY) throw BlksnapError.of('EACCES', '/control is write-only');
         return new ControlFile(this.options.commands, this.options.log ?? null);
       case 'image':
-        readOnlyFile('snapshot images', 'EROFS');
+        if (writing && this.options.facts.readOnly) throw BlksnapError.of('EROFS', 'snapshot images are read-only on a read-only mount (-o ro)');
         return new ImageFile(this.engine, node.snapshot);
       case 'cbtmap': {
         readOnlyFile('cbtmap', 'EROFS');

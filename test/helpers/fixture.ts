@@ -172,10 +172,22 @@ export async function mountImage(t: ExecutionContext, spec: MountSpec = {}): Pro
   return m;
 }
 
-/** Attach a loop device (read-only with `readOnly`), detached at teardown. */
+/** What a loop device is attached to now ('' when it is free). */
+async function loopBacking(dev: string): Promise<string> {
+  return fsp.readFile(`/sys/block/${dev.replace('/dev/', '')}/loop/backing_file`, 'utf8').then((s) => s.trim(), () => '');
+}
+
+/**
+ * Attach a loop device (read-only with `readOnly`), detached at teardown, but only if
+ * it still backs the same file: a test that detached it itself may have let another
+ * test, running in parallel, get the same number, and detaching that one would pull a
+ * device from under its file system.
+ */
 export async function loopDevice(t: ExecutionContext, file: string, readOnly = false): Promise<string> {
   const dev = (await must('losetup', [...(readOnly ? ['-r'] : []), '-f', '--show', file])).trim();
+  const backing = await loopBacking(dev);
   t.teardown(async () => {
+    if (backing !== '' && (await loopBacking(dev)) !== backing) return;
     await run('losetup', ['-d', dev]);
   });
   return dev;
