@@ -4,9 +4,6 @@
  */
 import { emptyOptions, parseOptionString } from './options.js';
 import { runForeground } from './launch.js';
-import { sizeThreadPool } from './threadpool.js';
-
-sizeThreadPool();
 
 const [origin, mountpoint, optionString] = process.argv.slice(2);
 // Started with cwd '/' by launch.ts; make sure of it (the daemon must not hold the caller's directory).

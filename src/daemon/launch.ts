@@ -10,7 +10,6 @@ import { resolve } from 'node:path';
 import { createLogger } from './logger.js';
 import { Daemon } from './daemon.js';
 import { toOptionString, type MountOptions } from './options.js';
-import { sizeThreadPool } from './threadpool.js';
 
 export const EXIT_USAGE = 1;
 export const EXIT_MOUNT_FAILED = 32;
@@ -20,7 +19,6 @@ type DaemonMessage = { type: 'ready' } | { type: 'error'; message: string };
 const entry = fileURLToPath(new URL('./entry.js', import.meta.url));
 
 export async function runForeground(origin: string, mountpoint: string, opts: MountOptions, notify?: (m: DaemonMessage) => void): Promise<number> {
-  sizeThreadPool(); // in time unless this process already used the pool (see threadpool.ts)
   const log = createLogger(opts);
   let daemon: Daemon;
   try {
