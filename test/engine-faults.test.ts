@@ -14,6 +14,7 @@ import { StorageGrowth } from '../src/storage/storage-growth.js';
 import type { SnapshotEngine } from '../src/engine/engine.js';
 import type { Logger } from '../src/engine/logger.js';
 import { ChunkCopies } from '../src/engine/chunk-copy.js';
+import { DiffStorageExceptions } from '../src/engine/exception-store.js';
 import { AlignedBufferPool } from '../src/storage/aligned.js';
 
 const CHUNK = 64 * KiB;
@@ -216,7 +217,7 @@ test('chunk copies: a write for a newer snapshot never joins a copy in flight fo
   const failures: string[] = [];
   const copies = new ChunkCopies({
     origin,
-    storage: engine.storage,
+    store: new DiffStorageExceptions(engine.storage),
     chunkSize: CHUNK,
     originSize: engine.originSize,
     pool: new AlignedBufferPool(CHUNK, 4),

@@ -44,7 +44,7 @@
  *   than its snapshot.
  */
 import type { OriginDevice } from '../storage/origin-device.js';
-import type { DiffStorage } from '../storage/diff-storage.js';
+import type { ExceptionStore } from './exception-store.js';
 import type { AlignedBufferPool } from '../storage/aligned.js';
 import { CopyTable } from './copy-table.js';
 import { OriginReaders } from './origin-readers.js';
@@ -54,7 +54,8 @@ export type CopyState = 'copying' | 'saved' | 'failed';
 /** What the copy-on-write needs from the engine around it. */
 export interface ChunkCopyParts {
   origin: OriginDevice;
-  storage: DiffStorage;
+  /** Where the copies go (exception-store.ts). */
+  store: ExceptionStore;
   chunkSize: number;
   originSize: number;
   /** Aligned chunk buffers; its size bounds the copies in flight. */
@@ -151,7 +152,7 @@ export class ChunkCopies {
 
   /** copying -> saved | failed -> (savedThrough = hi) idle. Never rejects. */
   private async run(copy: ChunkCopy): Promise<void> {
-    const { origin, storage, chunkSize, originSize, pool } = this.parts;
+    const { origin, store, chunkSize, originSize, pool } = this.parts;
     const { chunk, lo, hi } = copy;
     const buf = await pool.acquire();
     let slot = -1;
@@ -160,14 +161,14 @@ export class ChunkCopies {
       const length = Math.min(chunkSize, originSize - start);
       await origin.read(buf, 0, length, start);
       if (length < chunkSize) buf.fill(0, length);
-      slot = await storage.allocate(); // may wait for automatic growth
+      slot = await store.prepare(); // may wait for automatic growth
       this.parts.slotReused(slot);
-      await storage.writeChunk(slot, buf);
+      await store.commit(slot, buf);
       this.table.add(chunk, lo, hi, slot);
       copy.state = 'saved';
     } catch (err) {
       copy.state = 'failed';
-      if (slot >= 0) storage.release(slot);
+      if (slot >= 0) store.drop(slot);
       try {
         this.parts.failed(lo, hi, err, `cannot save chunk ${chunk}`);
       } catch {
@@ -208,7 +209,7 @@ export class ChunkCopies {
 
   /** Free every saved copy no live snapshot needs any more. */
   sweep(): void {
-    this.table.sweep(this.parts.needed, (slot) => this.parts.storage.release(slot));
+    this.table.sweep(this.parts.needed, (slot) => this.parts.store.drop(slot));
   }
 
   get savedCopies(): number {

@@ -35,6 +35,7 @@ import { bestEffort, silentLogger, type Logger } from './logger.js';
 import { SavedWindowCache } from './saved-window-cache.js';
 import { SavedReadAhead } from './saved-read-ahead.js';
 import { ImageWrites } from './image-writes.js';
+import { DiffStorageExceptions, type ExceptionStore } from './exception-store.js';
 
 /** Largest piece of a saved chunk read in one O_DIRECT request. */
 const READ_WINDOW = 256 * 1024;
@@ -76,6 +77,8 @@ export class SnapshotEngine {
   private readonly nextImageRead = new WeakMap<Snapshot, number>();
   private readonly windowCache = new SavedWindowCache();
   private readonly imageWrites: ImageWrites;
+  /** The storage seam the copy-on-write and the image reads and writes use. */
+  private readonly store: ExceptionStore;
 
   /** Named snapshots. */
   private readonly byName = new Map<string, Snapshot>();
@@ -93,6 +96,7 @@ export class SnapshotEngine {
     this.events = parts.events;
     this.tracker = parts.tracker;
     this.log = bestEffort(parts.logger ?? silentLogger);
+    this.store = new DiffStorageExceptions(this.storage);
     this.freezer = new OriginFreeze(this.barrier, this.events, this.log);
     const chunk = this.geometry.chunkSize;
     const window = Math.min(chunk, READ_WINDOW);
@@ -100,7 +104,7 @@ export class SnapshotEngine {
     this.readAhead = new SavedReadAhead(chunk, window, READ_AHEAD_BYTES);
     this.chunks = new ChunkCopies({
       origin: this.origin,
-      storage: this.storage,
+      store: this.store,
       chunkSize: chunk,
       originSize: this.geometry.originSize,
       pool: new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk)))),
@@ -114,7 +118,7 @@ export class SnapshotEngine {
     });
     this.imageWrites = new ImageWrites({
       origin: this.origin,
-      storage: this.storage,
+      store: this.store,
       chunkSize: chunk,
       originSize: this.geometry.originSize,
       sources: this.chunks,
@@ -315,7 +319,7 @@ export class SnapshotEngine {
     this.live.splice(i, 1);
     const before = this.chunks.savedCopies;
     this.chunks.sweep();
-    const privateFreed = snap.privateChunks.releaseAll((slot) => this.storage.release(slot));
+    const privateFreed = snap.privateChunks.releaseAll((slot) => this.store.drop(slot));
     this.log.info({ snapshot: snap.name, seq: snap.seq, chunks_freed: before - this.chunks.savedCopies, private_chunks_freed: privateFreed }, 'snapshot released');
   }
 
@@ -446,7 +450,7 @@ export class SnapshotEngine {
         continue;
       }
       for (let w = 0; w < ra.windowsPerChunk * ra.windowSize; w += ra.windowSize) {
-        if (!ra.has(slot, w)) ra.start(slot, w, (b) => this.storage.readChunkPart(slot, w, ra.windowSize, b));
+        if (!ra.has(slot, w)) ra.start(slot, w, (b) => this.store.read(slot, w, ra.windowSize, b));
       }
     }
     // The kernel's own read-ahead loses track of a reader that skips the saved chunks.
@@ -481,7 +485,7 @@ export class SnapshotEngine {
       const last = partial ? window + size : alignUp(to);
       const tmp = await this.readPool.acquire();
       try {
-        await this.storage.readChunkPart(slot, first, last - first, tmp);
+        await this.store.read(slot, first, last - first, tmp);
         tmp.copy(buf, offset + (from - inChunk), from - first, to - first);
         if (partial) this.windowCache.set(slot, window, Buffer.from(tmp.subarray(0, size)));
       } finally {

@@ -27,7 +27,7 @@
  */
 import { BlksnapError } from '../errors.js';
 import type { OriginDevice } from '../storage/origin-device.js';
-import type { DiffStorage } from '../storage/diff-storage.js';
+import type { ExceptionStore } from './exception-store.js';
 import { AlignedBufferPool, alignDown, alignUp } from '../storage/aligned.js';
 import type { ChunkCopies } from './chunk-copy.js';
 import type { Snapshot } from './snapshot.js';
@@ -37,7 +37,8 @@ const PRIVATE_COPY_POOL_BYTES = 16 * 1024 * 1024;
 
 export interface ImageWriteParts {
   origin: OriginDevice;
-  storage: DiffStorage;
+  /** Where the private copies go (exception-store.ts). */
+  store: ExceptionStore;
   chunkSize: number;
   originSize: number;
   /** Where a snapshot finds a chunk now (saved copy or origin, with reader registration). */
@@ -99,9 +100,9 @@ export class ImageWrites {
   private async reserve(n: number): Promise<number[]> {
     const slots: number[] = [];
     try {
-      while (slots.length < n) slots.push(await this.parts.storage.allocate());
+      while (slots.length < n) slots.push(await this.parts.store.prepare());
     } catch (err) {
-      for (const slot of slots) this.parts.storage.release(slot);
+      for (const slot of slots) this.parts.store.drop(slot);
       throw err;
     }
     return slots;
@@ -114,10 +115,10 @@ export class ImageWrites {
    */
   private ensurePrivate(snap: Snapshot, chunk: number, slot: number): Promise<void> {
     const table = snap.privateChunks;
-    const { storage } = this.parts;
+    const { store } = this.parts;
     return table.exclusive(chunk, async () => {
       if (table.slotOf(chunk) >= 0) {
-        storage.release(slot);
+        store.drop(slot);
         return;
       }
       try {
@@ -129,13 +130,13 @@ export class ImageWrites {
         const whole = await pool.acquire();
         try {
           await this.readSnapshotView(snap, chunk, whole);
-          await storage.writeChunk(slot, whole);
+          await store.commit(slot, whole);
         } finally {
           pool.release(whole);
         }
       } catch (err) {
         // Not recorded: the image still shows the snapshot's view from where it was.
-        storage.release(slot);
+        store.drop(slot);
         throw err;
       }
       table.record(chunk, slot);
@@ -144,12 +145,12 @@ export class ImageWrites {
 
   /** The whole of `chunk` as `snap` sees it, into an aligned chunk buffer. */
   private async readSnapshotView(snap: Snapshot, chunk: number, into: Buffer): Promise<void> {
-    const { sources, storage, origin, chunkSize, originSize } = this.parts;
+    const { sources, store, origin, chunkSize, originSize } = this.parts;
     // Decision and reader registration in one synchronous call (see chunk-copy.ts).
     const source = sources.startRead(chunk, snap.seq);
     switch (source.from) {
       case 'saved':
-        await storage.readChunkPart(source.slot, 0, chunkSize, into);
+        await store.read(source.slot, 0, chunkSize, into);
         return;
       case 'origin': {
         const start = chunk * chunkSize;
@@ -172,7 +173,7 @@ export class ImageWrites {
    * write covers only in part is read first (O_DIRECT writes whole aligned blocks).
    */
   private async writeInto(snap: Snapshot, chunk: number, inChunk: number, length: number, buf: Buffer, offset: number): Promise<void> {
-    const { storage, windows } = this.parts;
+    const { store, windows } = this.parts;
     const slot = snap.privateChunks.slotOf(chunk);
     if (slot < 0) throw new Error(`bug: chunk ${chunk} of snapshot ${snap.name} has no private copy`);
     const size = windows.bufferSize;
@@ -185,9 +186,9 @@ export class ImageWrites {
         const last = alignUp(to);
         const tmp = await windows.acquire();
         try {
-          if (first < from || last > to) await storage.readChunkPart(slot, first, last - first, tmp);
+          if (first < from || last > to) await store.read(slot, first, last - first, tmp);
           buf.copy(tmp, from - first, offset + (from - inChunk), offset + (to - inChunk));
-          await storage.writeChunkPart(slot, first, last - first, tmp);
+          await store.commitPart(slot, first, last - first, tmp);
         } finally {
           windows.release(tmp);
         }

@@ -1,0 +1,85 @@
+/**
+ * The storage seam under the copy-on-write: where exceptions (saved copies of origin
+ * chunks, and snapshots' private chunks) live, in the style of dm-snapshot's exception
+ * store (`dm-exception-store.h`). The per-origin part (chunk-copy.ts, image-writes.ts,
+ * image-reads.ts) decides what to copy, when, and which copy serves which snapshot
+ * (copy-table.ts, private-chunks.ts); the store only hands out slots and moves bytes.
+ *
+ * One exception's slot, as the store sees it:
+ *
+ *     free ──prepare──> prepared ──commit (whole chunk)──> committed ──drop──> free
+ *                          └──────────────drop (the copy failed or was not needed)──┘
+ *
+ *   prepare   a slot for an exception about to be made; may wait for the space manager
+ *             (automatic growth); ENOSPC when no space is coming.
+ *   commit    write the whole chunk into the slot; when it resolves the data is on the
+ *             storage (O_DIRECT), so the caller may record the exception.
+ *   commitPart  rewrite aligned blocks of a committed slot. Only a snapshot's private
+ *             chunk is ever rewritten: a saved copy serves several snapshots and is
+ *             written once, whole.
+ *   read      aligned bytes of a committed slot (dm remaps such reads to the COW device).
+ *   drop      give the slot back; its bytes are garbage from then on.
+ *   usage     how much space is in use, for the status and tests.
+ *
+ * The store keeps no mapping of its own: a slot number is all the engine keeps per
+ * exception. A slot freed by `drop` may come back from a later `prepare` holding other
+ * data; caches of slot contents are the caller's to invalidate (see `slotReused`).
+ */
+import type { DiffStorage } from '../storage/diff-storage.js';
+
+export interface ExceptionStoreUsage {
+  /** Bytes of all slots. */
+  size: number;
+  /** Bytes of slots prepared and not dropped. */
+  used: number;
+  free: number;
+}
+
+export interface ExceptionStore {
+  readonly chunkSize: number;
+  prepare(): Promise<number>;
+  commit(slot: number, chunk: Buffer): Promise<void>;
+  commitPart(slot: number, offset: number, length: number, data: Buffer): Promise<void>;
+  read(slot: number, offset: number, length: number, into: Buffer): Promise<void>;
+  drop(slot: number): void;
+  usage(): ExceptionStoreUsage;
+}
+
+/**
+ * The exception store over the difference storage's slots (diff-storage.ts). It calls
+ * the storage's methods at each use rather than binding them once, so a test that
+ * replaces one of them (fault injection) reaches the engine.
+ */
+export class DiffStorageExceptions implements ExceptionStore {
+  constructor(private readonly storage: DiffStorage) {}
+
+  get chunkSize(): number {
+    return this.storage.chunkSize;
+  }
+
+  prepare(): Promise<number> {
+    return this.storage.allocate();
+  }
+
+  commit(slot: number, chunk: Buffer): Promise<void> {
+    return this.storage.writeChunk(slot, chunk);
+  }
+
+  commitPart(slot: number, offset: number, length: number, data: Buffer): Promise<void> {
+    return this.storage.writeChunkPart(slot, offset, length, data);
+  }
+
+  read(slot: number, offset: number, length: number, into: Buffer): Promise<void> {
+    return this.storage.readChunkPart(slot, offset, length, into);
+  }
+
+  drop(slot: number): void {
+    this.storage.release(slot);
+  }
+
+  usage(): ExceptionStoreUsage {
+    const size = this.storage.sizeBytes;
+    const free = this.storage.freeBytes;
+    return { size, used: size - free, free };
+  }
+}
