@@ -22,7 +22,7 @@ import { v4 as uuidv4 } from 'uuid';
 import { BlksnapError, errnoNameOf } from '../errors.js';
 import type { OriginDevice } from '../storage/origin-device.js';
 import type { DiffStorage } from '../storage/diff-storage.js';
-import { AlignedBufferPool, alignDown, alignUp } from '../storage/aligned.js';
+import { AlignedBufferPool } from '../storage/aligned.js';
 import { ChunkCopies } from './chunk-copy.js';
 import { WriteBarrier } from './write-barrier.js';
 import { InFlight } from './in-flight.js';
@@ -32,15 +32,10 @@ import type { EventQueue } from './event-queue.js';
 import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
 import { bestEffort, silentLogger, type Logger } from './logger.js';
-import { SavedWindowCache } from './saved-window-cache.js';
-import { SavedReadAhead } from './saved-read-ahead.js';
+import { ImageReads } from './image-reads.js';
 import { ImageWrites } from './image-writes.js';
 import { DiffStorageExceptions, type ExceptionStore } from './exception-store.js';
 
-/** Largest piece of a saved chunk read in one O_DIRECT request. */
-const READ_WINDOW = 256 * 1024;
-/** Saved chunks read ahead of a sequential image reader (see SavedReadAhead). */
-const READ_AHEAD_BYTES = 2 * 1024 * 1024;
 /** Memory allowed for chunk copies in flight (bounds concurrent copy-on-write). */
 const COPY_POOL_BYTES = 64 * 1024 * 1024;
 
@@ -71,11 +66,8 @@ export class SnapshotEngine {
   private closing: Promise<void> | null = null;
   /** /control freeze and thaw: a caller-held close of the same gate. */
   readonly freezer: OriginFreeze;
-  private readonly readPool: AlignedBufferPool;
-  private readonly readAhead: SavedReadAhead;
-  /** Where each snapshot's next sequential image read would start. */
-  private readonly nextImageRead = new WeakMap<Snapshot, number>();
-  private readonly windowCache = new SavedWindowCache();
+  /** Where each image read comes from, and the caches of saved chunks. */
+  private readonly imageReads: ImageReads;
   private readonly imageWrites: ImageWrites;
   /** The storage seam the copy-on-write and the image reads and writes use. */
   private readonly store: ExceptionStore;
@@ -99,34 +91,26 @@ export class SnapshotEngine {
     this.store = new DiffStorageExceptions(this.storage);
     this.freezer = new OriginFreeze(this.barrier, this.events, this.log);
     const chunk = this.geometry.chunkSize;
-    const window = Math.min(chunk, READ_WINDOW);
-    this.readPool = new AlignedBufferPool(window, 32);
-    this.readAhead = new SavedReadAhead(chunk, window, READ_AHEAD_BYTES);
     this.chunks = new ChunkCopies({
       origin: this.origin,
       store: this.store,
       chunkSize: chunk,
       originSize: this.geometry.originSize,
       pool: new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk)))),
-      slotReused: (slot) => {
-        this.windowCache.allocated(slot);
-        this.readAhead.forgetSlot(slot);
-      },
+      slotReused: (slot) => this.imageReads.slotReused(slot),
       needed: (lo, hi) => this.anyLiveIn(lo, hi),
       ownedByAll: (chunk, lo, hi) => this.ownedByAllIn(chunk, lo, hi),
       failed: (lo, hi, err, what) => this.corruptRange(lo, hi, err, what),
     });
+    this.imageReads = new ImageReads({ origin: this.origin, store: this.store, geometry: this.geometry, sources: this.chunks });
     this.imageWrites = new ImageWrites({
       origin: this.origin,
       store: this.store,
       chunkSize: chunk,
       originSize: this.geometry.originSize,
       sources: this.chunks,
-      windows: this.readPool,
-      slotReused: (slot) => {
-        this.windowCache.allocated(slot);
-        this.readAhead.forgetSlot(slot);
-      },
+      windows: this.imageReads.windows,
+      slotReused: (slot) => this.imageReads.slotReused(slot),
       corrupt: (snap, err, what) => this.corruptOne(snap, err, what),
     });
     // Both are called later, outside the storage's and the tracker's own work.
@@ -332,7 +316,7 @@ export class SnapshotEngine {
     this.checkNotCorrupted(snap);
     this.reads.begin();
     try {
-      await this.readImagePieces(snap, buf, offset, length, position);
+      await this.imageReads.read(snap, buf, offset, length, position);
     } finally {
       this.reads.end();
     }
@@ -375,123 +359,9 @@ export class SnapshotEngine {
     snap.cbt.map.fill(snap.cbt.changesNumber, first, Math.min(last, snap.cbt.map.length - 1) + 1);
   }
 
-  /**
-   * The pieces of one image read, one per chunk, read concurrently. Every piece has
-   * settled before this returns or throws: a piece still reading into `buf` after the
-   * reply would write into a buffer the caller has moved on with.
-   */
-  private async readImagePieces(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-    const cs = this.geometry.chunkSize;
-    const pieces: Array<Promise<void>> = [];
-    let done = 0;
-    while (done < length) {
-      const pos = position + done;
-      const chunk = Math.floor(pos / cs);
-      const inChunk = pos - chunk * cs;
-      const n = Math.min(length - done, cs - inChunk);
-      pieces.push(this.readImagePiece(snap, chunk, inChunk, n, buf, offset + done));
-      done += n;
-    }
-    // A sequential reader: start reading the saved chunks just past this request.
-    if (this.nextImageRead.get(snap) === position) this.readAheadImage(snap, Math.floor((position + length) / cs));
-    this.nextImageRead.set(snap, position + length);
-    if (pieces.length === 1) {
-      await pieces[0];
-      return;
-    }
-    const outcomes = await Promise.allSettled(pieces);
-    for (const outcome of outcomes) if (outcome.status === 'rejected') throw outcome.reason;
-  }
-
   /** Reads of a corrupted snapshot fail with EIO: its data may be newer than its point in time. */
   private checkNotCorrupted(snap: Snapshot): void {
     if (snap.corrupted) throw BlksnapError.of('EIO', `snapshot ${snap.name} is corrupted (${snap.error ?? 'EIO'})`);
-  }
-
-  private async readImagePiece(snap: Snapshot, chunk: number, inChunk: number, length: number, buf: Buffer, offset: number): Promise<void> {
-    // Written through the image: its own copy, whatever the origin and the saved copies hold.
-    const own = snap.privateChunks.slotOf(chunk);
-    if (own >= 0) {
-      await this.readSaved(own, inChunk, length, buf, offset, false);
-      return;
-    }
-    // Decision and reader registration in one synchronous call (see chunk-copy.ts).
-    const source = this.chunks.startRead(chunk, snap.seq);
-    switch (source.from) {
-      case 'saved':
-        await this.readSaved(source.slot, inChunk, length, buf, offset, true);
-        return;
-      case 'origin':
-        try {
-          await this.origin.read(buf, offset, length, chunk * this.geometry.chunkSize + inChunk);
-        } finally {
-          this.chunks.doneReading(chunk);
-        }
-        return;
-      case 'lost':
-        throw BlksnapError.of('EIO', `snapshot ${snap.name} lost chunk ${chunk}`);
-    }
-  }
-
-  /**
-   * Queue reads of the saved windows of the chunks from `from` on (see SavedReadAhead),
-   * and hint the kernel about the origin's chunks in the same window.
-   */
-  private readAheadImage(snap: Snapshot, from: number): void {
-    const ra = this.readAhead;
-    const chunks = Math.max(1, Math.floor(ra.capacity / ra.windowsPerChunk));
-    const to = Math.min(this.geometry.chunkCount - 1, from + chunks - 1);
-    let originChunks = 0;
-    for (let c = from; c <= to; c++) {
-      if (snap.privateChunks.slotOf(c) >= 0) continue; // read from its own copy, never cached
-      const slot = this.chunks.savedSlot(c, snap.seq);
-      if (slot < 0) {
-        originChunks++;
-        continue;
-      }
-      for (let w = 0; w < ra.windowsPerChunk * ra.windowSize; w += ra.windowSize) {
-        if (!ra.has(slot, w)) ra.start(slot, w, (b) => this.store.read(slot, w, ra.windowSize, b));
-      }
-    }
-    // The kernel's own read-ahead loses track of a reader that skips the saved chunks.
-    if (originChunks > 0) this.origin.willNeed(from * this.geometry.chunkSize, (to - from + 1) * this.geometry.chunkSize);
-  }
-
-  /**
-   * O_DIRECT reads of the aligned windows around [inChunk, inChunk + length). A read
-   * that needs only part of a window keeps the whole window in the cache for its
-   * neighbours; whole-window reads go straight through. A private chunk (`cacheable`
-   * false) changes with every image write, so it is never cached nor read ahead.
-   */
-  private async readSaved(slot: number, inChunk: number, length: number, buf: Buffer, offset: number, cacheable: boolean): Promise<void> {
-    const end = inChunk + length;
-    const size = this.readPool.bufferSize;
-    for (let window = Math.floor(inChunk / size) * size; window < end; window += size) {
-      const from = Math.max(inChunk, window);
-      const to = Math.min(end, window + size);
-      const partial = cacheable && to - from < size;
-      const early = cacheable && this.readAhead.has(slot, window) ? await this.readAhead.take(slot, window) : null;
-      if (early !== null) {
-        early.copy(buf, offset + (from - inChunk), from - window, to - window);
-        this.readAhead.done(early);
-        continue;
-      }
-      const cached = partial ? this.windowCache.get(slot, window) : undefined;
-      if (cached !== undefined) {
-        cached.copy(buf, offset + (from - inChunk), from - window, to - window);
-        continue;
-      }
-      const first = partial ? window : alignDown(from);
-      const last = partial ? window + size : alignUp(to);
-      const tmp = await this.readPool.acquire();
-      try {
-        await this.store.read(slot, first, last - first, tmp);
-        tmp.copy(buf, offset + (from - inChunk), from - first, to - first);
-        if (partial) this.windowCache.set(slot, window, Buffer.from(tmp.subarray(0, size)));
-      } finally {
-        this.readPool.release(tmp);
-      }
-    }
   }
 
   // ---- change tracking -----------------------------------------------------------
