@@ -1,43 +1,34 @@
 /**
- * The snapshot engine: copy-on-write of origin chunks into the difference storage,
- * snapshots and their lifetimes, point-in-time image reads. No FUSE in here; the views
- * call it, and the engine tests drive it on plain files.
+ * The snapshot engine of one origin: the facade the views, the daemon and the tests
+ * use. No FUSE in here; the engine tests drive it on plain files.
  *
- * A write to the origin, as the data flows:
- *   barrier.enter -> for each chunk a live snapshot still needs: save it once
- *   (chunk-copy.ts: single-flight per chunk: read origin -> allocate slot -> O_DIRECT
- *   write -> record for all snapshots in (savedThrough, newest]; on failure corrupt
- *   those snapshots and go on) -> every copy settled -> wait for image readers still
- *   reading those chunks from the origin -> mark the change map -> write the origin ->
- *   barrier.leave.
- * The origin write happens whatever became of the copy: the origin never pays for a
- * snapshot's trouble.
+ * It puts three parts together and owns what spans them:
+ * - the diff area (diff-area.ts): the origin's write gate and freeze, copy-on-write of
+ *   its chunks, image reads and image writes, over an exception store
+ *   (exception-store.ts) on the difference storage;
+ * - the snapshot registry (snapshot-registry.ts): names, sequence numbers, references,
+ *   take/destroy/release and their events;
+ * - here: range and mode checks, change-tracking marks of image writes and cbt-dirty,
+ *   and the engine's life cycle.
  *
  * Life cycle: open -> closing (new operations fail with ESHUTDOWN; writes and reads in
  * flight finish) -> closed (storage and origin closed). Nothing in the write, take or
  * destroy paths depends on a log call or an event observer: the logger is wrapped
  * best-effort and observers are called guarded (src/observer.ts).
  */
-import { v4 as uuidv4 } from 'uuid';
-import { BlksnapError, errnoNameOf } from '../errors.js';
+import { BlksnapError } from '../errors.js';
 import type { OriginDevice } from '../storage/origin-device.js';
 import type { DiffStorage } from '../storage/diff-storage.js';
-import { AlignedBufferPool } from '../storage/aligned.js';
-import { ChunkCopies } from './chunk-copy.js';
-import { WriteBarrier } from './write-barrier.js';
+import { DiffArea } from './diff-area.js';
+import { DiffStorageExceptions } from './exception-store.js';
 import { InFlight } from './in-flight.js';
-import { OriginFreeze } from './origin-freeze.js';
-import { Snapshot, SNAPSHOT_NAME } from './snapshot.js';
+import type { OriginFreeze } from './origin-freeze.js';
+import { SnapshotRegistry } from './snapshot-registry.js';
+import type { Snapshot } from './snapshot.js';
 import type { EventQueue } from './event-queue.js';
 import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
 import { bestEffort, silentLogger, type Logger } from './logger.js';
-import { ImageReads } from './image-reads.js';
-import { ImageWrites } from './image-writes.js';
-import { DiffStorageExceptions, type ExceptionStore } from './exception-store.js';
-
-/** Memory allowed for chunk copies in flight (bounds concurrent copy-on-write). */
-const COPY_POOL_BYTES = 64 * 1024 * 1024;
 
 export type EngineStatus = 'open' | 'closing' | 'closed';
 
@@ -58,28 +49,13 @@ export class SnapshotEngine {
   readonly tracker: ChangeTracker;
   private readonly log: Logger;
 
-  private readonly chunks: ChunkCopies;
-  private readonly barrier = new WriteBarrier();
+  private readonly area: DiffArea;
+  private readonly snapshots: SnapshotRegistry;
   /** Reads (origin, images), image writes and flushes in flight; close waits for them. */
   private readonly reads = new InFlight();
+  /** Set to closing when close() begins: no operation is accepted after that. */
   private state: EngineStatus = 'open';
   private closing: Promise<void> | null = null;
-  /** /control freeze and thaw: a caller-held close of the same gate. */
-  readonly freezer: OriginFreeze;
-  /** Where each image read comes from, and the caches of saved chunks. */
-  private readonly imageReads: ImageReads;
-  private readonly imageWrites: ImageWrites;
-  /** The storage seam the copy-on-write and the image reads and writes use. */
-  private readonly store: ExceptionStore;
-
-  /** Named snapshots. */
-  private readonly byName = new Map<string, Snapshot>();
-  /** Names being taken right now (a second mkdir of the same name gets EEXIST). */
-  private readonly taking = new Set<string>();
-  /** Every snapshot not yet released (named, or destroyed but still open), by seq. */
-  private readonly live: Snapshot[] = [];
-  private lastSeq = 0;
-  /** Set when close() begins: no origin write is accepted after that. */
 
   constructor(parts: EngineParts) {
     this.origin = parts.origin;
@@ -88,30 +64,26 @@ export class SnapshotEngine {
     this.events = parts.events;
     this.tracker = parts.tracker;
     this.log = bestEffort(parts.logger ?? silentLogger);
-    this.store = new DiffStorageExceptions(this.storage);
-    this.freezer = new OriginFreeze(this.barrier, this.events, this.log);
-    const chunk = this.geometry.chunkSize;
-    this.chunks = new ChunkCopies({
-      origin: this.origin,
-      store: this.store,
-      chunkSize: chunk,
-      originSize: this.geometry.originSize,
-      pool: new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk)))),
-      slotReused: (slot) => this.imageReads.slotReused(slot),
-      needed: (lo, hi) => this.anyLiveIn(lo, hi),
-      ownedByAll: (chunk, lo, hi) => this.ownedByAllIn(chunk, lo, hi),
-      failed: (lo, hi, err, what) => this.corruptRange(lo, hi, err, what),
+    const checkOpen = (what: string): void => this.checkOpen(what);
+    // The registry and the diff area call each other only once operations run.
+    this.snapshots = new SnapshotRegistry({
+      events: this.events,
+      log: this.log,
+      deviceCapacity: this.geometry.originSize,
+      checkOpen,
+      quiesce: (fn) => this.area.quiesce(fn),
+      freezeCbt: () => this.tracker.freeze(),
+      released: (snap) => this.area.freeSnapshot(snap),
     });
-    this.imageReads = new ImageReads({ origin: this.origin, store: this.store, geometry: this.geometry, sources: this.chunks });
-    this.imageWrites = new ImageWrites({
+    this.area = new DiffArea({
       origin: this.origin,
-      store: this.store,
-      chunkSize: chunk,
-      originSize: this.geometry.originSize,
-      sources: this.chunks,
-      windows: this.imageReads.windows,
-      slotReused: (slot) => this.imageReads.slotReused(slot),
-      corrupt: (snap, err, what) => this.corruptOne(snap, err, what),
+      store: new DiffStorageExceptions(this.storage),
+      geometry: this.geometry,
+      tracker: this.tracker,
+      events: this.events,
+      log: this.log,
+      snapshots: this.snapshots,
+      checkOpen,
     });
     // Both are called later, outside the storage's and the tracker's own work.
     this.storage.onLowSpace = ({ freeBytes, requestedBytes }) => {
@@ -130,18 +102,24 @@ export class SnapshotEngine {
     return this.state;
   }
 
-  private checkOpen(what: string): void {
-    if (this.state !== 'open') throw BlksnapError.of('ESHUTDOWN', `cannot ${what}: the snapshot engine is ${this.state}`);
+  /** /control freeze and thaw: a caller-held close of the origin's write gate. */
+  get freezer(): OriginFreeze {
+    return this.area.freezer;
   }
 
-  private get newestLiveSeq(): number {
-    return this.live.length === 0 ? 0 : (this.live[this.live.length - 1]?.seq ?? 0);
+  private checkOpen(what: string): void {
+    if (this.state !== 'open') throw BlksnapError.of('ESHUTDOWN', `cannot ${what}: the snapshot engine is ${this.state}`);
   }
 
   private checkRange(position: number, length: number): void {
     if (position < 0 || length < 0 || position + length > this.originSize) {
       throw BlksnapError.of('EINVAL', `range ${position}+${length} is outside the origin (${this.originSize} bytes)`);
     }
+  }
+
+  /** Reads of a corrupted snapshot fail with EIO: its data may be newer than its point in time. */
+  private checkNotCorrupted(snap: Snapshot): void {
+    if (snap.corrupted) throw BlksnapError.of('EIO', `snapshot ${snap.name} is corrupted (${snap.error ?? 'EIO'})`);
   }
 
   // ---- origin ------------------------------------------------------------------
@@ -157,26 +135,13 @@ export class SnapshotEngine {
     }
   }
 
+  /** Write the origin, saving first what live snapshots still need (diff-area.ts). */
   async writeOrigin(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     this.checkOpen('write the origin');
     this.checkRange(position, length);
     if (this.origin.readOnly) throw BlksnapError.of('EROFS', 'the origin is mounted read-only');
     if (length === 0) return;
-    if (this.barrier.enter() !== null) await this.barrier.enterWhenOpen();
-    try {
-      // A write that waited at the gate while the engine began to close.
-      this.checkOpen('write the origin');
-      const cs = this.geometry.chunkSize;
-      const first = Math.floor(position / cs);
-      const last = Math.floor((position + length - 1) / cs);
-      // Every copy of this write settles before it leaves the barrier (see chunk-copy.ts).
-      const prepared = this.chunks.prepareWrite(first, last, this.newestLiveSeq);
-      if (prepared !== null) await prepared;
-      this.tracker.mark(position, length);
-      await this.origin.write(buf, offset, length, position);
-    } finally {
-      this.barrier.leave();
-    }
+    await this.area.writeOrigin(buf, offset, length, position);
   }
 
   async flushOrigin(): Promise<void> {
@@ -189,134 +154,51 @@ export class SnapshotEngine {
     }
   }
 
-  private anyLiveIn(lo: number, hi: number): boolean {
-    for (const s of this.live) if (s.seq > lo && s.seq <= hi) return true;
-    return false;
-  }
-
-  /** Every live snapshot in (lo, hi] has its own copy of `chunk` (and there is at least one). */
-  private ownedByAllIn(chunk: number, lo: number, hi: number): boolean {
-    let any = false;
-    for (const s of this.live) {
-      if (s.seq <= lo || s.seq > hi) continue;
-      if (s.privateChunks.slotOf(chunk) < 0) return false;
-      any = true;
-    }
-    return any;
-  }
-
-  private corruptRange(lo: number, hi: number, err: unknown, what: string): void {
-    for (const snap of this.live) if (snap.seq > lo && snap.seq <= hi) this.corruptOne(snap, err, what);
-  }
-
-  /** Mark `snap` corrupted; the first error raises the one event. */
-  private corruptOne(snap: Snapshot, err: unknown, what: string): void {
-    const code = errnoNameOf(err);
-    const message = `${what}: ${err instanceof Error ? err.message : String(err)}`;
-    if (snap.corrupt(code, message)) {
-      this.log.error({ snapshot: snap.name, error: code }, message);
-      this.events.emit('corrupted', { snapshot: snap.name, error: code, message });
-    }
-  }
-
-  // ---- snapshots ---------------------------------------------------------------
+  // ---- snapshots (snapshot-registry.ts) -------------------------------------------
 
   /** Take a snapshot: a barrier against origin writes, then a new sequence number. */
-  async take(name: string): Promise<Snapshot> {
-    this.checkOpen('take a snapshot');
-    if (!SNAPSHOT_NAME.test(name)) {
-      throw BlksnapError.of('EINVAL', `bad snapshot name "${name}": use 1-64 of A-Z a-z 0-9 . _ -, not starting with . _ or -`);
-    }
-    if (this.byName.has(name) || this.taking.has(name)) throw BlksnapError.of('EEXIST', `snapshot ${name} already exists`);
-    this.taking.add(name);
-    try {
-      return await this.barrier.quiesce(() => {
-        this.checkOpen('take a snapshot');
-        const snap = new Snapshot({
-          seq: ++this.lastSeq,
-          name,
-          uuid: uuidv4(),
-          created: new Date(),
-          deviceCapacity: this.originSize,
-          cbt: this.tracker.freeze(),
-        });
-        this.byName.set(name, snap);
-        this.live.push(snap);
-        this.log.info({ snapshot: name, seq: snap.seq }, 'snapshot taken');
-        this.events.emit('snapshot-taken', { snapshot: name });
-        return snap;
-      });
-    } finally {
-      this.taking.delete(name);
-    }
+  take(name: string): Promise<Snapshot> {
+    return this.snapshots.take(name);
   }
 
   /** rmdir: the name goes at once; the data stays until the last reference drops. */
   destroy(name: string): void {
-    this.checkOpen('destroy a snapshot');
-    const snap = this.byName.get(name);
-    if (snap === undefined) throw BlksnapError.of('ENOENT', `no snapshot named ${name}`);
-    this.byName.delete(name);
-    snap.destroyed = true;
-    this.log.info({ snapshot: name, seq: snap.seq, open_refs: snap.refs }, 'snapshot destroyed');
-    this.events.emit('snapshot-destroyed', { snapshot: name });
-    this.releaseIfUnreachable(snap);
+    this.snapshots.destroy(name);
   }
 
   get(name: string): Snapshot | undefined {
-    return this.byName.get(name);
+    return this.snapshots.get(name);
   }
 
   list(): Snapshot[] {
-    return [...this.byName.values()].sort((a, b) => a.seq - b.seq);
+    return this.snapshots.list();
   }
 
   /** The newest snapshot that still has a name. */
   newest(): Snapshot | undefined {
-    const all = this.list();
-    return all[all.length - 1];
+    return this.snapshots.newest();
   }
 
-  /**
-   * One more holder (an open file) of `snap`. A snapshot already released (destroyed,
-   * last holder gone, its copies freed) cannot be held again: ENOENT.
-   */
+  /** One more holder (an open file) of `snap`; ENOENT once it was released. */
   acquire(snap: Snapshot): void {
-    this.checkOpen('open a snapshot');
-    if (snap.released) throw BlksnapError.of('ENOENT', `snapshot ${snap.name} (seq ${snap.seq}) was destroyed`);
-    snap.hold();
+    this.snapshots.acquire(snap);
   }
 
   /** One holder fewer. A release without a matching acquire changes nothing (it is logged as a bug). */
   release(snap: Snapshot): void {
-    if (!snap.drop()) {
-      this.log.error({ snapshot: snap.name, seq: snap.seq }, 'bug: snapshot released more often than acquired (ignored)');
-      return;
-    }
-    this.releaseIfUnreachable(snap);
+    this.snapshots.release(snap);
   }
 
-  private releaseIfUnreachable(snap: Snapshot): void {
-    if (!snap.released) return;
-    const i = this.live.indexOf(snap);
-    if (i < 0) return;
-    this.live.splice(i, 1);
-    const before = this.chunks.savedCopies;
-    this.chunks.sweep();
-    const privateFreed = snap.privateChunks.releaseAll((slot) => this.store.drop(slot));
-    this.log.info({ snapshot: snap.name, seq: snap.seq, chunks_freed: before - this.chunks.savedCopies, private_chunks_freed: privateFreed }, 'snapshot released');
-  }
+  // ---- images (diff-area.ts) ---------------------------------------------------
 
-  // ---- images ------------------------------------------------------------------
-
-  /** Read the image of `snap`: each chunk from its saved copy, or from the origin if untouched since. */
+  /** Read the image of `snap`: each chunk from its own copy, its saved copy, or the origin if untouched since. */
   async readImage(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     this.checkOpen('read a snapshot image');
     this.checkRange(position, length);
     this.checkNotCorrupted(snap);
     this.reads.begin();
     try {
-      await this.imageReads.read(snap, buf, offset, length, position);
+      await this.area.readImage(snap, buf, offset, length, position);
     } finally {
       this.reads.end();
     }
@@ -343,7 +225,7 @@ export class SnapshotEngine {
     this.reads.begin();
     try {
       this.markImageWrite(snap, position, length);
-      await this.imageWrites.write(snap, buf, offset, length, position);
+      await this.area.writeImage(snap, buf, offset, length, position);
     } finally {
       this.reads.end();
       this.release(snap);
@@ -352,19 +234,14 @@ export class SnapshotEngine {
     this.checkNotCorrupted(snap);
   }
 
+  // ---- change tracking -----------------------------------------------------------
+
   /** blksnap marks image writes in both maps (cbt_map_set_both): the active one and the snapshot's own. */
   private markImageWrite(snap: Snapshot, position: number, length: number): void {
     this.tracker.mark(position, length);
     const [first, last] = this.tracker.blocksOf(position, length);
     snap.cbt.map.fill(snap.cbt.changesNumber, first, Math.min(last, snap.cbt.map.length - 1) + 1);
   }
-
-  /** Reads of a corrupted snapshot fail with EIO: its data may be newer than its point in time. */
-  private checkNotCorrupted(snap: Snapshot): void {
-    if (snap.corrupted) throw BlksnapError.of('EIO', `snapshot ${snap.name} is corrupted (${snap.error ?? 'EIO'})`);
-  }
-
-  // ---- change tracking -----------------------------------------------------------
 
   /** blksnap's cbtdirty: mark a byte range changed in the active map and the newest snapshot's map. */
   markDirty(offset: number, length: number): void {
@@ -383,14 +260,12 @@ export class SnapshotEngine {
   // ---- state -------------------------------------------------------------------
 
   get savedChunks(): number {
-    return this.chunks.savedCopies;
+    return this.area.savedChunks;
   }
 
   /** Chunks that snapshots not yet released own through image writes. */
   get privateChunks(): number {
-    let n = 0;
-    for (const snap of this.live) n += snap.privateChunks.count;
-    return n;
+    return this.snapshots.privateChunks;
   }
 
   /**
@@ -411,9 +286,9 @@ export class SnapshotEngine {
   private async shutDown(whenSynced?: () => Promise<void>): Promise<void> {
     this.state = 'closing';
     // Writes held by a freeze are in flight too: let them finish instead of waiting out the deadline.
-    this.freezer.dispose();
+    this.area.freezer.dispose();
     try {
-      await this.barrier.quiesce(async () => {
+      await this.area.quiesce(async () => {
         await this.reads.drained();
         try {
           if (!this.origin.readOnly) await this.origin.flush();

@@ -1,0 +1,154 @@
+/**
+ * The per-origin part of the engine (blksnap's diff area): the origin's write gate,
+ * the copy-on-write of its chunks, where each image read comes from, and snapshots'
+ * private image copies, all over one exception store (exception-store.ts). It knows
+ * snapshots only as sequence numbers and `Snapshot` objects handed to it; names,
+ * references and their events are the registry's (snapshot-registry.ts).
+ *
+ * A write to the origin, as the data flows:
+ *   gate.enter -> for each chunk a live snapshot still needs: save it once
+ *   (chunk-copy.ts: single-flight per chunk: read origin -> prepare a slot -> commit
+ *   (O_DIRECT write) -> record for all snapshots in (savedThrough, newest]; on failure
+ *   corrupt those snapshots and go on) -> every copy settled -> wait for image readers
+ *   still reading those chunks from the origin -> mark the change map -> write the
+ *   origin -> gate.leave.
+ * The origin write happens whatever became of the copy: the origin never pays for a
+ * snapshot's trouble.
+ *
+ * What guards what:
+ * - `gate` (write-barrier.ts) admits origin writes. Held closed by a take (`quiesce`)
+ *   and by /control freeze (`freezer`), it protects the newest live sequence number a
+ *   write copies for: no snapshot is taken while a write is between deciding what to
+ *   copy and writing the origin, so every snapshot sees each write wholly or not at all.
+ * - Each chunk's copy is single-flight (chunk-copy.ts): at most one copy per chunk in
+ *   flight; later writes join it or wait for it.
+ * - Origin readers (origin-readers.ts) protect image reads that fetch a chunk from the
+ *   origin: a write to that chunk waits for them after its copy and before its write.
+ * - Each snapshot's private chunks (private-chunks.ts) are changed under a per-chunk
+ *   queue: one image write of a chunk at a time.
+ */
+import type { OriginDevice } from '../storage/origin-device.js';
+import { AlignedBufferPool } from '../storage/aligned.js';
+import type { ChangeTracker } from './change-tracker.js';
+import { ChunkCopies } from './chunk-copy.js';
+import type { EventQueue } from './event-queue.js';
+import type { ExceptionStore } from './exception-store.js';
+import type { Geometry } from './geometry.js';
+import { ImageReads } from './image-reads.js';
+import { ImageWrites } from './image-writes.js';
+import type { Logger } from './logger.js';
+import { OriginFreeze } from './origin-freeze.js';
+import type { LiveSnapshots } from './snapshot-registry.js';
+import type { Snapshot } from './snapshot.js';
+import { WriteBarrier } from './write-barrier.js';
+
+/** Memory allowed for chunk copies in flight (bounds concurrent copy-on-write). */
+const COPY_POOL_BYTES = 64 * 1024 * 1024;
+
+export interface DiffAreaParts {
+  origin: OriginDevice;
+  store: ExceptionStore;
+  geometry: Geometry;
+  tracker: ChangeTracker;
+  events: EventQueue;
+  log: Logger;
+  /** The snapshots that still need data (the registry). */
+  snapshots: LiveSnapshots;
+  /** Throws ESHUTDOWN unless the engine is open (checked again by a write that waited at the gate). */
+  checkOpen(what: string): void;
+}
+
+export class DiffArea {
+  /** Origin writes pass it; a take or a freeze holds it closed (see the header). */
+  private readonly gate = new WriteBarrier();
+  /** /control freeze and thaw: a caller-held close of the same gate. */
+  readonly freezer: OriginFreeze;
+  private readonly chunks: ChunkCopies;
+  private readonly imageReads: ImageReads;
+  private readonly imageWrites: ImageWrites;
+
+  constructor(private readonly parts: DiffAreaParts) {
+    const { origin, store, geometry, snapshots } = parts;
+    const chunk = geometry.chunkSize;
+    this.freezer = new OriginFreeze(this.gate, parts.events, parts.log);
+    // Called only once writes run, when every part below exists: the image reads' caches
+    // must forget a slot that is about to hold new data.
+    const slotReused = (slot: number): void => this.imageReads.slotReused(slot);
+    this.chunks = new ChunkCopies({
+      origin,
+      store,
+      chunkSize: chunk,
+      originSize: geometry.originSize,
+      pool: new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk)))),
+      slotReused,
+      needed: (lo, hi) => snapshots.anyLiveIn(lo, hi),
+      ownedByAll: (c, lo, hi) => snapshots.ownedByAllIn(c, lo, hi),
+      failed: (lo, hi, err, what) => snapshots.corruptRange(lo, hi, err, what),
+    });
+    this.imageReads = new ImageReads({ origin, store, geometry, sources: this.chunks });
+    this.imageWrites = new ImageWrites({
+      origin,
+      store,
+      chunkSize: chunk,
+      originSize: geometry.originSize,
+      sources: this.chunks,
+      windows: this.imageReads.windows,
+      slotReused,
+      corrupt: (snap, err, what) => snapshots.corruptOne(snap, err, what),
+    });
+  }
+
+  /**
+   * Write the origin behind the gate, after saving what live snapshots still need of
+   * the chunks it touches. The caller checked the range and the mode; `length` > 0.
+   */
+  async writeOrigin(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    if (this.gate.enter() !== null) await this.gate.enterWhenOpen();
+    try {
+      // A write that waited at the gate while the engine began to close.
+      this.parts.checkOpen('write the origin');
+      const cs = this.parts.geometry.chunkSize;
+      const first = Math.floor(position / cs);
+      const last = Math.floor((position + length - 1) / cs);
+      // Every copy of this write settles before it leaves the gate (see chunk-copy.ts).
+      const prepared = this.chunks.prepareWrite(first, last, this.parts.snapshots.newestLiveSeq);
+      if (prepared !== null) await prepared;
+      this.parts.tracker.mark(position, length);
+      await this.parts.origin.write(buf, offset, length, position);
+    } finally {
+      this.gate.leave();
+    }
+  }
+
+  /** Read the image of `snap` (image-reads.ts). The caller checked the range and the snapshot. */
+  readImage(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    return this.imageReads.read(snap, buf, offset, length, position);
+  }
+
+  /** Write into the private copies of `snap` (image-writes.ts). The caller holds `snap`. */
+  writeImage(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    return this.imageWrites.write(snap, buf, offset, length, position);
+  }
+
+  /** Run `fn` with the gate held and no origin write inside. */
+  quiesce<T>(fn: () => T | Promise<T>): Promise<T> {
+    return this.gate.quiesce(fn);
+  }
+
+  /**
+   * `snap` has left the live set: free the saved copies nobody needs any more and its
+   * private copies. Returns the counts, for the log.
+   */
+  freeSnapshot(snap: Snapshot): { chunks_freed: number; private_chunks_freed: number } {
+    const before = this.chunks.savedCopies;
+    this.chunks.sweep();
+    const { store } = this.parts;
+    const privateFreed = snap.privateChunks.releaseAll((slot) => store.drop(slot));
+    return { chunks_freed: before - this.chunks.savedCopies, private_chunks_freed: privateFreed };
+  }
+
+  /** Saved copies of origin chunks the store holds. */
+  get savedChunks(): number {
+    return this.chunks.savedCopies;
+  }
+}
