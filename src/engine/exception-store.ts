@@ -22,7 +22,10 @@
  *   usage     how much space is in use, for the status and tests.
  *
  * The store keeps no mapping of its own: a slot number is all the engine keeps per
- * exception. A slot freed by `drop` may come back from a later `prepare` holding other
+ * exception. dm's lookup (which exception serves a chunk of a snapshot) is therefore
+ * the diff area's: the shared copies' table (copy-table.ts, asked through
+ * chunk-copy.ts `startRead`/`savedSlot`) and each snapshot's private chunks
+ * (private-chunks.ts); this seam moves only space and bytes. A slot freed by `drop` may come back from a later `prepare` holding other
  * data; caches of slot contents are the caller's to invalidate (see `slotReused`).
  */
 import type { DiffStorage } from '../storage/diff-storage.js';
