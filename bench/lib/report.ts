@@ -81,10 +81,10 @@ export function renderDaemonEvidence(rec: Recorder): string {
   const out = [
     '### The daemon during each measurement (median of the runs)',
     '',
-    'Requests in flight: /status polled every 20 ms while the tool ran (the poll itself not counted). CPU: the daemon\'s user + system time from /proc/PID/stat over the wall time (100% = one of the 2 CPUs); per request: that CPU time over the requests received.',
+    'Requests in flight: /status polled every 20 ms while the tool ran (the poll itself not counted). Requests: those of the tool (the polls\' own taken off). CPU: the daemon\'s user + system time from /proc/PID/stat over the wall time (100% = one of the 2 CPUs), all threads and the main (JavaScript) thread alone; per request: all threads\' CPU time over the tool\'s requests.',
     '',
-    '| workload | tool | state | transport | result | requests | mean in flight | max in flight | daemon CPU | CPU µs / request |',
-    '| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| workload | tool | state | transport | result | requests | mean in flight | max in flight | daemon CPU | of it JS thread | CPU µs / request |',
+    '| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   let any = false;
   for (const r of rec.rows) {
@@ -93,7 +93,7 @@ export function renderDaemonEvidence(rec: Recorder): string {
       const d = c?.daemon;
       if (c === undefined || d === undefined || d.length === 0 || c.median === null) continue;
       any = true;
-      out.push(`| ${r.workload} | ${r.tool} | ${r.state} | ${system === 'blksnapfs' ? 'libfuse3' : 'fuse-native'} | ${fmtNumber(c.median, r.unit)} ${r.unit} | ${medianOf(d, 'requests').toFixed(0)} | ${medianOf(d, 'meanInFlight').toFixed(1)} | ${medianOf(d, 'maxInFlight').toFixed(0)} | ${medianOf(d, 'cpuPercent').toFixed(0)}% | ${medianOf(d, 'cpuUsPerRequest').toFixed(1)} |`);
+      out.push(`| ${r.workload} | ${r.tool} | ${r.state} | ${system === 'blksnapfs' ? 'libfuse3' : 'fuse-native'} | ${fmtNumber(c.median, r.unit)} ${r.unit} | ${medianOf(d, 'requests').toFixed(0)} | ${medianOf(d, 'meanInFlight').toFixed(1)} | ${medianOf(d, 'maxInFlight').toFixed(0)} | ${medianOf(d, 'cpuPercent').toFixed(0)}% | ${medianOf(d, 'jsCpuPercent').toFixed(0)}% | ${medianOf(d, 'cpuUsPerRequest').toFixed(1)} |`);
     }
   }
   out.push('');

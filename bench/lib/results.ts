@@ -28,14 +28,16 @@ export function systemLabel(system: System): string {
 
 /** What the daemon did during one measurement (from /status and /proc/PID/stat). */
 export interface DaemonSample {
-  /** FUSE requests received during the measurement (the /status polls included). */
+  /** FUSE requests of the tool during the measurement (those of the /status polls taken off). */
   requests: number;
   /** Requests in flight, sampled every few ms while the tool ran (the poll itself not counted). */
   meanInFlight: number;
   maxInFlight: number;
-  /** Daemon CPU time (user + system) over wall time, in % of one CPU. */
+  /** Daemon CPU time (user + system, all threads) over wall time, in % of one CPU. */
   cpuPercent: number;
-  /** Daemon CPU time per request, µs. */
+  /** The same for the main thread alone: JavaScript and the event loop. */
+  jsCpuPercent: number;
+  /** Daemon CPU time (all threads, the polls' share included) per request of the tool, µs. */
   cpuUsPerRequest: number;
 }
 export type Unit = 'MiB/s' | 'IOPS' | 'ms' | 'MiB' | 'B';
