@@ -17,7 +17,9 @@ import { join } from 'node:path';
 import { Cleanup } from './lib/cleanup.js';
 import { makeConfig, PHASES, type Config, type Ctx, type Phase } from './lib/context.js';
 import { Recorder } from './lib/results.js';
-import { evaluateTargets, renderTables, renderTargets } from './lib/report.js';
+import { evaluateTargets, renderDaemonEvidence, renderTables, renderTargets, type PreviousRun } from './lib/report.js';
+import type { Row } from './lib/results.js';
+import { TRANSPORTS, type TransportName } from '../src/fuse/transport.js';
 import { ROOT } from './lib/blksnapfs.js';
 import { must, run, stopping } from './lib/proc.js';
 import { ensureTools, fio, GiB, MiB } from './lib/tools.js';
@@ -26,20 +28,22 @@ import { seqRead, seqWrite } from './phases/sequential.js';
 import { randomWrite } from './phases/random.js';
 import { chunkMemory, multiSnapshot, takeAndOriginMemory } from './phases/snapshots.js';
 
-const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--only PHASE,...] [--no-qsd] [--profile DIR] [--out FILE.json]
-phases: ${PHASES.join(', ')}`;
+const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--only PHASE,...] [--transport T,...] [--no-qsd] [--profile DIR] [--out FILE.json]
+phases: ${PHASES.join(', ')}
+transports: ${TRANSPORTS.join(', ')} (default: both, blksnapfs on each)`;
 
 interface Args {
   quick: boolean;
   reps: number | null;
   only: Set<Phase> | null;
+  transports: TransportName[];
   qsd: boolean;
   profile: string | null;
   out: string | null;
 }
 
 function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { quick: false, reps: null, only: null, qsd: true, profile: null, out: null };
+  const a: Args = { quick: false, reps: null, only: null, transports: [...TRANSPORTS], qsd: true, profile: null, out: null };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = (): string => {
@@ -60,6 +64,13 @@ function parseArgs(argv: readonly string[]): Args {
         const list = value().split(',').map((s) => s.trim());
         for (const p of list) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`unknown phase ${p}\n${USAGE}`);
         a.only = new Set(list as Phase[]);
+        break;
+      }
+      case '--transport': {
+        const list = value().split(',').map((s) => s.trim());
+        for (const t of list) if (!(TRANSPORTS as readonly string[]).includes(t)) throw new Error(`unknown transport ${t}\n${USAGE}`);
+        // Always in the same order, so that the repetitions interleave the same way.
+        a.transports = TRANSPORTS.filter((t) => list.includes(t));
         break;
       }
       case '--no-qsd': a.qsd = false; break;
@@ -84,6 +95,17 @@ async function versionOf(cmd: string, args: string[]): Promise<string> {
   return r.code === 0 ? (r.stdout.split('\n')[0] ?? '').trim() : `unavailable (${r.stderr.trim().slice(0, 80)})`;
 }
 
+async function previousRun(file: string): Promise<PreviousRun | null> {
+  try {
+    const data = JSON.parse(await fsp.readFile(file, 'utf8')) as { meta: { started: string; sizes: { seq: number }; versions: { blksnapfs_commit: string }; transports?: string[] }; rows: Row[] };
+    // Runs from before the transport was a dimension had blksnapfs on fuse-native.
+    const transport = data.meta.transports === undefined ? 'fuse-native' : 'libfuse3';
+    return { file: 'bench/results/latest-full.json', commit: data.meta.versions.blksnapfs_commit, transport, started: data.meta.started, seqBytes: data.meta.sizes.seq, rows: data.rows };
+  } catch {
+    return null;
+  }
+}
+
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) throw new Error('the bench needs root (FUSE mounts, /proc/sys/vm/drop_caches)');
@@ -92,10 +114,13 @@ async function main(): Promise<number> {
     ...makeConfig(args.quick),
     phases: args.only ?? new Set(PHASES),
     withQsd: args.qsd,
+    transports: args.transports,
     profileDir: args.profile,
   };
   if (args.reps !== null) cfg.reps = args.reps;
 
+  // Read before this run may overwrite it: the dd rows are judged against it.
+  const previous = await previousRun(join(ROOT, 'bench', 'results', 'latest-full.json'));
   await ensureTools(log);
   const base = process.env['BLKSNAPFS_BENCH_DIR'] ?? '/var/tmp/blksnapfs-bench';
   await fsp.mkdir(base, { recursive: true });
@@ -132,6 +157,7 @@ async function main(): Promise<number> {
     scratch: dir,
     loadavg_end: [0, 0, 0],
     failures,
+    transports: cfg.transports,
   };
 
   log(`blksnapfs bench (${cfg.mode}, ${cfg.reps} runs per figure) in ${dir}`);
@@ -153,14 +179,15 @@ async function main(): Promise<number> {
 
   meta.finished = new Date().toISOString();
   meta.loadavg_end = loadavg();
-  const targets = evaluateTargets(rec, { bigOrigin: '16 TiB', smallOrigin: '1 GiB', flatToleranceMiB: 2 });
+  const targets = evaluateTargets(rec, { bigOrigin: '16 TiB', smallOrigin: '1 GiB', flatToleranceMiB: 2, previous, seqBytes: cfg.size });
   const markdown = [
     `## blksnapfs bench, ${cfg.mode} run, ${meta.started}`,
     '',
-    `${cfg.reps} runs per figure (median ±half the range), ${meta.machine.cpus} CPUs, kernel ${meta.machine.kernel}, ${meta.versions.qemu_storage_daemon}, ${meta.versions.fio}, blksnapfs ${meta.versions.blksnapfs_commit}. Load average at start ${meta.machine.loadavg_start.map((x) => x.toFixed(1)).join(' ')}, at end ${meta.loadavg_end.map((x) => x.toFixed(1)).join(' ')}.`,
+    `${cfg.reps} runs per figure (median ±half the range), ${meta.machine.cpus} CPUs, kernel ${meta.machine.kernel}, ${meta.versions.qemu_storage_daemon}, ${meta.versions.fio}, blksnapfs ${meta.versions.blksnapfs_commit} (blksnapfs: transport=libfuse3; blksnapfs fuse-native: transport=fuse-native; transports run: ${cfg.transports.join(', ')}). Load average at start ${meta.machine.loadavg_start.map((x) => x.toFixed(1)).join(' ')}, at end ${meta.loadavg_end.map((x) => x.toFixed(1)).join(' ')}.`,
     '',
     renderTables(rec),
     renderTargets(targets),
+    renderDaemonEvidence(rec),
   ].join('\n');
   process.stdout.write(`\n${markdown}\n`);
 

@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { alive, run, stopping, StoppingError, waitExit, vmHWMKiB } from './proc.js';
 import type { Cleanup } from './cleanup.js';
+import type { TransportStats } from '../../src/fuse/transport.js';
 
 export const ROOT = resolve(fileURLToPath(new URL('../../..', import.meta.url)));
 const ENTRY = join(ROOT, 'dist', 'src', 'daemon', 'entry.js');
@@ -23,6 +24,7 @@ export interface BsfStatus {
   block_count: number;
   diff_storage: { saved_chunks: number; used: number; size: number };
   snapshots: Array<{ name: string; state: string }>;
+  transport?: TransportStats;
 }
 
 export interface MountSpec {

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { Blksnapfs } from './blksnapfs.js';
 import { Qsd } from './qsd.js';
 import type { Cleanup } from './cleanup.js';
-import type { Recorder } from './results.js';
+import { systemOf, type BsfSystem, type Recorder } from './results.js';
+import type { TransportName } from '../../src/fuse/transport.js';
 import { GiB, KiB, MiB, TiB } from './tools.js';
 
 export const PHASES = ['seqwrite', 'seqread', 'randwrite', 'take', 'memory', 'multi'] as const;
@@ -36,10 +37,12 @@ export interface Config {
   phases: Set<Phase>;
   /** Systems to run (raw, blksnapfs, qsd). */
   withQsd: boolean;
+  /** FUSE transports blksnapfs runs on, each a system of its own (libfuse3: blksnapfs, fuse-native: blksnapfs-fn). */
+  transports: TransportName[];
   profileDir: string | null;
 }
 
-export function makeConfig(quick: boolean): Omit<Config, 'phases' | 'withQsd' | 'profileDir'> {
+export function makeConfig(quick: boolean): Omit<Config, 'phases' | 'withQsd' | 'profileDir' | 'transports'> {
   return quick
     ? {
         mode: 'quick', reps: 3, size: 256 * MiB, chunk: 64 * KiB,
@@ -73,8 +76,13 @@ export interface Ctx {
 
 let mountSeq = 0;
 
-/** Mount blksnapfs over `origin` with its own difference storage in the scratch dir. */
-export function mountBsf(ctx: Ctx, opts: { origin?: string; chunk?: number | null; diffSize: number; extra?: string }): Promise<Blksnapfs> {
+/** The blksnapfs systems of this run, one per transport, in the order they run. */
+export function bsfSystems(ctx: Ctx): Array<{ system: BsfSystem; transport: TransportName }> {
+  return ctx.cfg.transports.map((transport) => ({ system: systemOf(transport), transport }));
+}
+
+/** Mount blksnapfs over `origin` on `transport`, with its own difference storage in the scratch dir. */
+export function mountBsf(ctx: Ctx, opts: { origin?: string; chunk?: number | null; diffSize: number; transport: TransportName; extra?: string }): Promise<Blksnapfs> {
   const n = ++mountSeq;
   const options = [
     `diff_storage=${join(ctx.dir, `bsf${n}.diff`)}`,
@@ -82,6 +90,7 @@ export function mountBsf(ctx: Ctx, opts: { origin?: string; chunk?: number | nul
     ...(opts.chunk === null ? [] : [`chunk_size=${opts.chunk ?? ctx.cfg.chunk}`]),
     `log=${join(ctx.dir, 'blksnapfs.log')}`,
     'log_level=warn',
+    `transport=${opts.transport}`,
     ...(opts.extra === undefined ? [] : [opts.extra]),
   ].join(',');
   const nodeFlags = ctx.cfg.profileDir === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${ctx.cfg.profileDir}`];

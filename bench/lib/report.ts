@@ -3,10 +3,12 @@
  * blksnapfs and qemu-storage-daemon side by side, median of the runs with their
  * spread), then the targets as ratios taken within this one run, with pass or fail.
  */
-import type { Cell, Recorder, Row, System } from './results.js';
-import { MiB } from './tools.js';
+import { systemLabel, type Cell, type DaemonSample, type Recorder, type Row, type System } from './results.js';
+import { median, MiB } from './tools.js';
 
 export interface Target {
+  /** 'transport': the targets of the libfuse 3 transport (issue 8); 'earlier': the ones before it. */
+  group: 'transport' | 'earlier';
   name: string;
   measured: string;
   goal: string;
@@ -43,15 +45,19 @@ function ratio(row: Row, a: System, b: System): string {
   return `${(x / y).toFixed(2)}x`;
 }
 
+const COLUMNS: readonly System[] = ['raw', 'blksnapfs', 'blksnapfs-fn', 'qsd'];
+
 export function renderTables(rec: Recorder): string {
   const notes: string[] = [];
   const out: string[] = [];
   const sections = [...new Set(rec.rows.map((r) => r.section))];
+  const head = `| workload | tool | state | unit | ${COLUMNS.map(systemLabel).join(' | ')} | blksnapfs/qsd | blksnapfs/fuse-native |`;
   for (const section of sections) {
-    out.push(`### ${section}`, '', '| workload | tool | state | unit | raw file | blksnapfs | qsd | blksnapfs/qsd |', '| --- | --- | --- | --- | ---: | ---: | ---: | ---: |');
+    out.push(`### ${section}`, '', head, `| --- | --- | --- | --- |${' ---: |'.repeat(COLUMNS.length + 2)}`);
     for (const r of rec.rows.filter((x) => x.section === section)) {
       const facts = Object.entries(r.facts).map(([k, v]) => `${k}=${v}`).join(' ');
-      out.push(`| ${r.workload} | ${r.tool} | ${r.state}${facts === '' ? '' : ` (${facts})`} | ${r.unit} | ${fmtCell(r.cells.raw, r.unit, notes)} | ${fmtCell(r.cells.blksnapfs, r.unit, notes)} | ${fmtCell(r.cells.qsd, r.unit, notes)} | ${ratio(r, 'blksnapfs', 'qsd')} |`);
+      const cells = COLUMNS.map((s) => fmtCell(r.cells[s], r.unit, notes)).join(' | ');
+      out.push(`| ${r.workload} | ${r.tool} | ${r.state}${facts === '' ? '' : ` (${facts})`} | ${r.unit} | ${cells} | ${ratio(r, 'blksnapfs', 'qsd')} | ${ratio(r, 'blksnapfs', 'blksnapfs-fn')} |`);
     }
     out.push('');
   }
@@ -63,52 +69,129 @@ export function renderTables(rec: Recorder): string {
   return out.join('\n');
 }
 
+function medianOf(samples: readonly DaemonSample[], key: keyof DaemonSample): number {
+  return median(samples.map((x) => x[key]));
+}
+
+/**
+ * What each blksnapfs daemon did during the measurements (median over the runs):
+ * requests in flight and CPU per request, per transport. The evidence behind a miss.
+ */
+export function renderDaemonEvidence(rec: Recorder): string {
+  const out = [
+    '### The daemon during each measurement (median of the runs)',
+    '',
+    'Requests in flight: /status polled every 20 ms while the tool ran (the poll itself not counted). Requests: those of the tool (the polls\' own taken off). CPU: the daemon\'s user + system time from /proc/PID/stat over the wall time (100% = one of the 2 CPUs), all threads and the main (JavaScript) thread alone; per request: all threads\' CPU time over the tool\'s requests.',
+    '',
+    '| workload | tool | state | transport | result | requests | mean in flight | max in flight | daemon CPU | of it JS thread | CPU µs / request |',
+    '| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  let any = false;
+  for (const r of rec.rows) {
+    for (const system of ['blksnapfs', 'blksnapfs-fn'] as const) {
+      const c = r.cells[system];
+      const d = c?.daemon;
+      if (c === undefined || d === undefined || d.length === 0 || c.median === null) continue;
+      any = true;
+      out.push(`| ${r.workload} | ${r.tool} | ${r.state} | ${system === 'blksnapfs' ? 'libfuse3' : 'fuse-native'} | ${fmtNumber(c.median, r.unit)} ${r.unit} | ${medianOf(d, 'requests').toFixed(0)} | ${medianOf(d, 'meanInFlight').toFixed(1)} | ${medianOf(d, 'maxInFlight').toFixed(0)} | ${medianOf(d, 'cpuPercent').toFixed(0)}% | ${medianOf(d, 'jsCpuPercent').toFixed(0)}% | ${medianOf(d, 'cpuUsPerRequest').toFixed(1)} |`);
+    }
+  }
+  out.push('');
+  return any ? out.join('\n') : '';
+}
+
 /** Ratio a/b of two medians, with its pass/fail against `min`. */
-function ratioTarget(rec: Recorder, name: string, a: [string, System], b: [string, System], min: number): Target {
+function ratioTarget(rec: Recorder, name: string, a: [string, System], b: [string, System], min: number, group: Target['group'] = 'earlier'): Target {
   const x = rec.get(...a);
   const y = rec.get(...b);
   const goal = `>= ${min.toFixed(1)}x`;
   if (x === null || y === null || y === 0) {
     const why = [a, b].map(([id, s]) => rec.getRow(id)?.cells[s]?.na).find((n) => n !== undefined && n !== null);
-    return { name, measured: 'n/a', goal, pass: null, note: why ?? 'not measured in this run' };
+    return { group, name, measured: 'n/a', goal, pass: null, note: why ?? 'not measured in this run' };
   }
   const r = x / y;
-  return { name, measured: `${r.toFixed(2)}x (${x.toFixed(0)} / ${y.toFixed(0)})`, goal, pass: r >= min, note: '' };
+  return { group, name, measured: `${r.toFixed(2)}x (${x.toFixed(0)} / ${y.toFixed(0)})`, goal, pass: r >= min, note: '' };
 }
 
-export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallOrigin: string; flatToleranceMiB: number }): Target[] {
-  const t: Target[] = [];
-  for (const tool of ['dd', 'fio']) {
-    t.push(ratioTarget(rec, `origin seq write, no snapshot (${tool}): blksnapfs / qsd`, [`sw.${tool}.nosnap`, 'blksnapfs'], [`sw.${tool}.nosnap`, 'qsd'], 1.0));
+/** The previous full run (bench/results/latest-full.json as it was before this run). */
+export interface PreviousRun {
+  file: string;
+  commit: string;
+  /** The transport its blksnapfs column ran on. */
+  transport: string;
+  started: string;
+  seqBytes: number;
+  rows: Row[];
+}
+
+/** The dd rows: compared with the previous run, and with fuse-native in this run. */
+const DD_ROWS = ['sw.dd.nosnap', 'sw.dd.first', 'sw.dd.over', 'sr.dd.origin', 'sr.dd.image'];
+
+function transportTargets(rec: Recorder, previous: PreviousRun | null, seqBytes: number): Target[] {
+  const g = 'transport' as const;
+  const t: Target[] = [
+    ratioTarget(rec, '4K randwrite O_DIRECT qd16, no snapshot: blksnapfs / qsd', ['rw.qd16.nosnap', 'blksnapfs'], ['rw.qd16.nosnap', 'qsd'], 1.0, g),
+    ratioTarget(rec, '4K randwrite O_DIRECT qd16, no snapshot: libfuse3 / fuse-native', ['rw.qd16.nosnap', 'blksnapfs'], ['rw.qd16.nosnap', 'blksnapfs-fn'], 3.0, g),
+    ratioTarget(rec, 'fio 1M qd4 write, no snapshot: blksnapfs / qsd', ['sw.fio.nosnap', 'blksnapfs'], ['sw.fio.nosnap', 'qsd'], 1.0, g),
+    ratioTarget(rec, 'fio 1M qd4 read, no snapshot: blksnapfs / qsd', ['sr.fio.origin', 'blksnapfs'], ['sr.fio.origin', 'qsd'], 1.0, g),
+    ratioTarget(rec, 'first write under a snapshot, fio 1M qd4: blksnapfs / qsd', ['sw.fio.first', 'blksnapfs'], ['sw.fio.first', 'qsd'], 1.2, g),
+    ratioTarget(rec, 'first write under a snapshot, 4K qd16 first touch: blksnapfs / qsd', ['rw.qd16.first', 'blksnapfs'], ['rw.qd16.first', 'qsd'], 1.2, g),
+    ratioTarget(rec, 'image seq read fio 1M qd4, half the chunks saved: blksnapfs / qsd', ['sr.fio.image', 'blksnapfs'], ['sr.fio.image', 'qsd'], 1.0, g),
+    ratioTarget(rec, 'image seq read fio 1M qd4, half the chunks saved: blksnapfs / raw file', ['sr.fio.image', 'blksnapfs'], ['sr.fio.origin', 'raw'], 0.6, g),
+  ];
+  for (const id of DD_ROWS) {
+    const row = rec.getRow(id);
+    const label = row === undefined ? id : `dd ${row.workload}, ${row.state}`;
+    t.push(ratioTarget(rec, `${label}: libfuse3 / fuse-native (this run)`, [id, 'blksnapfs'], [id, 'blksnapfs-fn'], 1.0, g));
+    const name = `${label}: libfuse3 / the previous run's blksnapfs`;
+    const now = rec.get(id, 'blksnapfs');
+    const before = previous?.rows.find((r) => r.id === id)?.cells.blksnapfs?.median ?? null;
+    if (previous === null || now === null || before === null || before === 0) {
+      t.push({ group: g, name, measured: 'n/a', goal: '>= 1.0x', pass: null, note: previous === null ? 'no previous run (bench/results/latest-full.json)' : 'not measured in one of the runs' });
+      continue;
+    }
+    const r = now / before;
+    const comparable = previous.seqBytes === seqBytes;
+    t.push({
+      group: g, name, goal: '>= 1.0x',
+      measured: `${r.toFixed(2)}x (${now.toFixed(0)} / ${before.toFixed(0)})`,
+      pass: comparable ? r >= 1.0 : null,
+      note: comparable
+        ? `previous: ${previous.file}, blksnapfs ${previous.commit} on ${previous.transport}, ${previous.started}; another day's load`
+        : `not judged: the previous run streamed ${previous.seqBytes / MiB} MiB, this one ${seqBytes / MiB} MiB`,
+    });
   }
-  for (const tool of ['dd', 'fio']) {
-    t.push(ratioTarget(rec, `first write under snapshot (${tool}): blksnapfs / qsd`, [`sw.${tool}.first`, 'blksnapfs'], [`sw.${tool}.first`, 'qsd'], 1.2));
-  }
+  return t;
+}
+
+export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallOrigin: string; flatToleranceMiB: number; previous: PreviousRun | null; seqBytes: number }): Target[] {
+  const t: Target[] = transportTargets(rec, opts.previous, opts.seqBytes);
+  // The fio rows of these are transport targets above; dd keeps its earlier ones.
+  t.push(ratioTarget(rec, 'origin seq write, no snapshot (dd): blksnapfs / qsd', ['sw.dd.nosnap', 'blksnapfs'], ['sw.dd.nosnap', 'qsd'], 1.0));
+  t.push(ratioTarget(rec, 'first write under snapshot (dd): blksnapfs / qsd', ['sw.dd.first', 'blksnapfs'], ['sw.dd.first', 'qsd'], 1.2));
   for (const tool of ['dd', 'fio']) {
     t.push(ratioTarget(rec, `overwrite of saved chunks (${tool}): vs blksnapfs without snapshot`, [`sw.${tool}.over`, 'blksnapfs'], [`sw.${tool}.nosnap`, 'blksnapfs'], 0.9));
   }
-  for (const tool of ['dd', 'fio']) {
-    t.push(ratioTarget(rec, `image seq read (${tool}): blksnapfs / qsd`, [`sr.${tool}.image`, 'blksnapfs'], [`sr.${tool}.image`, 'qsd'], 1.0));
-    t.push(ratioTarget(rec, `image seq read (${tool}): blksnapfs / raw file`, [`sr.${tool}.image`, 'blksnapfs'], [`sr.${tool}.origin`, 'raw'], 0.6));
-  }
+  t.push(ratioTarget(rec, 'image seq read (dd): blksnapfs / qsd', ['sr.dd.image', 'blksnapfs'], ['sr.dd.image', 'qsd'], 1.0));
+  t.push(ratioTarget(rec, 'image seq read (dd): blksnapfs / raw file', ['sr.dd.image', 'blksnapfs'], ['sr.dd.origin', 'raw'], 0.6));
   t.push(ratioTarget(rec, '4K randwrite qd16 under snapshot, first touch: blksnapfs / qsd', ['rw.qd16.first', 'blksnapfs'], ['rw.qd16.first', 'qsd'], 1.0));
   t.push(ratioTarget(rec, '4K randwrite qd16 under snapshot, steady state: blksnapfs / qsd', ['rw.qd16.steady', 'blksnapfs'], ['rw.qd16.steady', 'qsd'], 1.0));
 
   const take = rec.get(`take.${opts.bigOrigin}`, 'blksnapfs');
   t.push(take === null
-    ? { name: `snapshot take at ${opts.bigOrigin}`, measured: 'n/a', goal: '< 10 ms', pass: null, note: 'not measured in this run' }
-    : { name: `snapshot take at ${opts.bigOrigin}`, measured: `${take.toFixed(2)} ms`, goal: '< 10 ms', pass: take < 10, note: '' });
+    ? { group: 'earlier', name: `snapshot take at ${opts.bigOrigin}`, measured: 'n/a', goal: '< 10 ms', pass: null, note: 'not measured in this run' }
+    : { group: 'earlier', name: `snapshot take at ${opts.bigOrigin}`, measured: `${take.toFixed(2)} ms`, goal: '< 10 ms', pass: take < 10, note: '' });
 
   const perChunk = rec.get('mem.per-chunk', 'blksnapfs');
   t.push(perChunk === null
-    ? { name: 'memory per saved chunk (VmHWM)', measured: 'n/a', goal: '<= 16 B', pass: null, note: 'not measured in this run' }
-    : { name: 'memory per saved chunk (VmHWM)', measured: `${perChunk.toFixed(1)} B`, goal: '<= 16 B', pass: perChunk <= 16, note: `peak RSS difference with and without a snapshot, over ${rec.getRow('mem.per-chunk')?.facts['saved_chunks'] ?? '?'} chunks` });
+    ? { group: 'earlier', name: 'memory per saved chunk (VmHWM)', measured: 'n/a', goal: '<= 16 B', pass: null, note: 'not measured in this run' }
+    : { group: 'earlier', name: 'memory per saved chunk (VmHWM)', measured: `${perChunk.toFixed(1)} B`, goal: '<= 16 B', pass: perChunk <= 16, note: `peak RSS difference with and without a snapshot, over ${rec.getRow('mem.per-chunk')?.facts['saved_chunks'] ?? '?'} chunks` });
   for (const [i, what] of ['dense', 'scattered, default geometry', 'scattered, 16 TiB at 64K chunks'].entries()) {
     const v = rec.get(`mem.retained.${i}`, 'blksnapfs');
     const name = `memory per saved chunk (retained after GC, ${what})`;
     t.push(v === null
-      ? { name, measured: 'n/a', goal: '<= 16 B', pass: null, note: 'not measured in this run' }
-      : { name, measured: `${v.toFixed(1)} B`, goal: '<= 16 B', pass: v <= 16, note: '' });
+      ? { group: 'earlier', name, measured: 'n/a', goal: '<= 16 B', pass: null, note: 'not measured in this run' }
+      : { group: 'earlier', name, measured: `${v.toFixed(1)} B`, goal: '<= 16 B', pass: v <= 16, note: '' });
   }
 
   for (const state of ['idle', 'snap'] as const) {
@@ -119,7 +202,7 @@ export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallO
     const name = `memory flat in origin size (${opts.smallOrigin} -> ${opts.bigOrigin}, ${state === 'idle' ? 'no snapshot' : 'one snapshot'})`;
     const goal = `excess <= ${opts.flatToleranceMiB} MiB`;
     if (big === undefined || small === undefined || hb === undefined || hs === undefined || hb === null || hs === null) {
-      t.push({ name, measured: 'n/a', goal, pass: null, note: 'not measured in this run' });
+      t.push({ group: 'earlier', name, measured: 'n/a', goal, pass: null, note: 'not measured in this run' });
       continue;
     }
     const blocks = Number(big.facts['block_count'] ?? 0) - Number(small.facts['block_count'] ?? 0);
@@ -128,7 +211,7 @@ export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallO
     const allowance = (blocks * maps) / MiB;
     const excess = hb - hs - allowance;
     t.push({
-      name, goal,
+      group: 'earlier', name, goal,
       measured: `${excess.toFixed(1)} MiB excess (${(hb - hs).toFixed(1)} MiB growth - ${allowance.toFixed(1)} MiB for ${maps} B x ${blocks} more blocks)`,
       pass: excess <= opts.flatToleranceMiB,
       note: state === 'snap' ? 'a snapshot keeps a frozen copy of the map: 1 B per block per snapshot on top' : '',
@@ -139,12 +222,21 @@ export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallO
 }
 
 export function renderTargets(targets: readonly Target[]): string {
-  const out = ['### Targets (ratios within this run)', '', '| target | measured | goal | result |', '| --- | --- | --- | --- |'];
-  for (const t of targets) {
-    const result = t.pass === null ? 'n/a' : t.pass ? 'PASS' : '**FAIL**';
-    out.push(`| ${t.name} | ${t.measured}${t.note === '' ? '' : ` — ${t.note}`} | ${t.goal} | ${result} |`);
+  const out: string[] = [];
+  const groups: Array<[Target['group'], string]> = [
+    ['transport', '### Targets of the libfuse 3 transport (ratios within this run)'],
+    ['earlier', '### Earlier targets (ratios within this run; blksnapfs = the default transport)'],
+  ];
+  for (const [group, title] of groups) {
+    const list = targets.filter((t) => t.group === group);
+    if (list.length === 0) continue;
+    out.push(title, '', '| target | measured | goal | result |', '| --- | --- | --- | --- |');
+    for (const t of list) {
+      const result = t.pass === null ? 'n/a' : t.pass ? 'PASS' : '**FAIL**';
+      out.push(`| ${t.name} | ${t.measured}${t.note === '' ? '' : ` — ${t.note}`} | ${t.goal} | ${result} |`);
+    }
+    const counted = list.filter((t) => t.pass !== null);
+    out.push('', `${counted.filter((t) => t.pass === true).length} of ${counted.length} measured targets pass.`, '');
   }
-  const counted = targets.filter((t) => t.pass !== null);
-  out.push('', `${counted.filter((t) => t.pass === true).length} of ${counted.length} measured targets pass.`, '');
   return out.join('\n');
 }

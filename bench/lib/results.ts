@@ -1,18 +1,53 @@
 /**
  * What the bench measured: rows of one workload in one state, with a cell per system
- * (the raw file, blksnapfs, qemu-storage-daemon). A cell keeps every run and reports
- * their median, or says why the system could not be measured ("n/a: reason").
+ * (the raw file, blksnapfs on each FUSE transport, qemu-storage-daemon). A cell keeps
+ * every run and reports their median, or says why the system could not be measured
+ * ("n/a: reason"). A blksnapfs cell also keeps what the daemon did during each run
+ * (requests, requests in flight, CPU): the evidence of what limits it.
  */
+import type { TransportName } from '../../src/fuse/transport.js';
 import { median } from './tools.js';
 
-export type System = 'raw' | 'blksnapfs' | 'qsd';
-export const SYSTEMS: readonly System[] = ['raw', 'blksnapfs', 'qsd'];
+/** blksnapfs is on the default transport (libfuse3); blksnapfs-fn on fuse-native. */
+export type System = 'raw' | 'blksnapfs' | 'blksnapfs-fn' | 'qsd';
+export const SYSTEMS: readonly System[] = ['raw', 'blksnapfs', 'blksnapfs-fn', 'qsd'];
+export type BsfSystem = 'blksnapfs' | 'blksnapfs-fn';
+
+export function systemOf(transport: TransportName): BsfSystem {
+  return transport === 'libfuse3' ? 'blksnapfs' : 'blksnapfs-fn';
+}
+
+export function systemLabel(system: System): string {
+  switch (system) {
+    case 'raw': return 'raw file';
+    case 'blksnapfs': return 'blksnapfs';
+    case 'blksnapfs-fn': return 'blksnapfs fuse-native';
+    case 'qsd': return 'qsd';
+  }
+}
+
+/** What the daemon did during one measurement (from /status and /proc/PID/stat). */
+export interface DaemonSample {
+  /** FUSE requests of the tool during the measurement (those of the /status polls taken off). */
+  requests: number;
+  /** Requests in flight, sampled every few ms while the tool ran (the poll itself not counted). */
+  meanInFlight: number;
+  maxInFlight: number;
+  /** Daemon CPU time (user + system, all threads) over wall time, in % of one CPU. */
+  cpuPercent: number;
+  /** The same for the main thread alone: JavaScript and the event loop. */
+  jsCpuPercent: number;
+  /** Daemon CPU time (all threads, the polls' share included) per request of the tool, µs. */
+  cpuUsPerRequest: number;
+}
 export type Unit = 'MiB/s' | 'IOPS' | 'ms' | 'MiB' | 'B';
 
 export interface Cell {
   runs: number[];
   median: number | null;
   na: string | null;
+  /** blksnapfs cells: one sample per run. */
+  daemon?: DaemonSample[];
 }
 
 export interface Row {
@@ -64,6 +99,11 @@ export class Recorder {
     const c = this.cell(id, system);
     c.runs.push(value);
     c.median = median(c.runs);
+  }
+
+  daemon(id: string, system: System, sample: DaemonSample): void {
+    const c = this.cell(id, system);
+    (c.daemon ??= []).push(sample);
   }
 
   na(id: string, system: System, reason: string): void {

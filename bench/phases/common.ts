@@ -6,14 +6,21 @@
 import type { Ctx } from '../lib/context.js';
 import type { System } from '../lib/results.js';
 import { dropCaches } from '../lib/tools.js';
+import type { Blksnapfs } from '../lib/blksnapfs.js';
+import { DaemonProbe } from '../lib/daemon-probe.js';
 import { stopping } from '../lib/proc.js';
 
 export const failures: string[] = [];
 
-/** Drop the page cache, run `work`, record its number. */
-export async function measure(ctx: Ctx, id: string, system: System, work: () => Promise<number>): Promise<number> {
+/**
+ * Drop the page cache, run `work`, record its number. With `daemon`, also record what
+ * that blksnapfs daemon did meanwhile (requests, requests in flight, CPU).
+ */
+export async function measure(ctx: Ctx, id: string, system: System, work: () => Promise<number>, daemon?: Blksnapfs): Promise<number> {
   await dropCaches();
+  const probe = daemon === undefined ? null : await DaemonProbe.start(daemon);
   const value = await work();
+  if (probe !== null) ctx.rec.daemon(id, system, await probe.stop());
   ctx.rec.add(id, system, value);
   return value;
 }

@@ -9,7 +9,8 @@
  */
 import { join } from 'node:path';
 import type { Ctx } from '../lib/context.js';
-import { mountBsf, startQsd } from '../lib/context.js';
+import { bsfSystems, mountBsf, startQsd } from '../lib/context.js';
+import type { Blksnapfs } from '../lib/blksnapfs.js';
 import { ddWrite, fio, MiB, writeFirstTouchLog } from '../lib/tools.js';
 import type { System } from '../lib/results.js';
 import { measure, session } from './common.js';
@@ -28,10 +29,10 @@ export async function randomWrite(ctx: Ctx): Promise<void> {
   const all = DEPTHS.flatMap((qd) => ['nosnap', 'first', 'steady'].map((s) => id(qd, s)));
   const iolog = join(ctx.dir, 'first-touch.iolog');
 
-  const steady = (sys: System, rowId: string, path: string, qd: number): Promise<number> =>
-    measure(ctx, rowId, sys, async () => (await fio({ filename: path, rw: 'randwrite', bs: '4k', iodepth: qd, size: steadyRegion, runtimeSec: steadySec, extra: ['--norandommap', '--randrepeat=1'] })).iops);
-  const firstTouch = (sys: System, rowId: string, path: string, qd: number): Promise<number> =>
-    measure(ctx, rowId, sys, async () => (await fio({ filename: path, rw: 'randwrite', bs: '4k', iodepth: qd, iolog })).iops);
+  const steady = (sys: System, rowId: string, path: string, qd: number, daemon?: Blksnapfs): Promise<number> =>
+    measure(ctx, rowId, sys, async () => (await fio({ filename: path, rw: 'randwrite', bs: '4k', iodepth: qd, size: steadyRegion, runtimeSec: steadySec, extra: ['--norandommap', '--randrepeat=1'] })).iops, daemon);
+  const firstTouch = (sys: System, rowId: string, path: string, qd: number, daemon?: Blksnapfs): Promise<number> =>
+    measure(ctx, rowId, sys, async () => (await fio({ filename: path, rw: 'randwrite', bs: '4k', iodepth: qd, iolog })).iops, daemon);
 
   for (let rep = 1; rep <= reps; rep++) {
     ctx.log(`random write: repetition ${rep}/${reps}`);
@@ -43,20 +44,22 @@ export async function randomWrite(ctx: Ctx): Promise<void> {
         await firstTouch('raw', id(qd, 'first'), ctx.image, qd);
       }
     });
-    await session(ctx, 'blksnapfs', all, async (scope) => {
-      const b = scope.track(await mountBsf(ctx, { diffSize: Math.max(firstTouchRegion, steadyRegion) + 64 * MiB }));
-      for (const qd of DEPTHS) await steady('blksnapfs', id(qd, 'nosnap'), b.origin, qd);
-      for (const qd of DEPTHS) {
+    for (const { system, transport } of bsfSystems(ctx)) {
+      await session(ctx, system, all, async (scope) => {
+        const b = scope.track(await mountBsf(ctx, { diffSize: Math.max(firstTouchRegion, steadyRegion) + 64 * MiB, transport }));
+        for (const qd of DEPTHS) await steady(system, id(qd, 'nosnap'), b.origin, qd, b);
+        for (const qd of DEPTHS) {
+          await b.take('s');
+          await firstTouch(system, id(qd, 'first'), b.origin, qd, b);
+          ctx.rec.fact(id(qd, 'first'), 'saved_chunks', (await b.status()).diff_storage.saved_chunks);
+          await b.destroy('s');
+        }
         await b.take('s');
-        await firstTouch('blksnapfs', id(qd, 'first'), b.origin, qd);
-        ctx.rec.fact(id(qd, 'first'), 'saved_chunks', (await b.status()).diff_storage.saved_chunks);
+        await ddWrite(b.origin, steadyRegion);
+        for (const qd of DEPTHS) await steady(system, id(qd, 'steady'), b.origin, qd, b);
         await b.destroy('s');
-      }
-      await b.take('s');
-      await ddWrite(b.origin, steadyRegion);
-      for (const qd of DEPTHS) await steady('blksnapfs', id(qd, 'steady'), b.origin, qd);
-      await b.destroy('s');
-    });
+      });
+    }
     await session(ctx, 'qsd', all, async (scope) => {
       const q = scope.track(await startQsd(ctx));
       for (const qd of DEPTHS) await steady('qsd', id(qd, 'nosnap'), q.originExport, qd);

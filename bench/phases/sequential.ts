@@ -8,7 +8,7 @@
  * the origin.
  */
 import type { Ctx } from '../lib/context.js';
-import { mountBsf, startQsd } from '../lib/context.js';
+import { bsfSystems, mountBsf, startQsd } from '../lib/context.js';
 import { ddRead, ddWrite, fio, MiB } from '../lib/tools.js';
 import { measure, session } from './common.js';
 
@@ -58,20 +58,22 @@ export async function seqWrite(ctx: Ctx): Promise<void> {
     await session(ctx, 'raw', all, async () => {
       for (const tool of TOOLS) await measure(ctx, id(tool, 'nosnap'), 'raw', () => write(tool, ctx.image, size));
     });
-    await session(ctx, 'blksnapfs', [...all, hwm], async (scope) => {
-      const b = scope.track(await mountBsf(ctx, { diffSize: size + 64 * MiB }));
-      await ddWrite(b.origin, WARMUP); // a fresh daemon: let the JIT warm up first
-      for (const tool of TOOLS) await measure(ctx, id(tool, 'nosnap'), 'blksnapfs', () => write(tool, b.origin, size));
-      for (const tool of TOOLS) {
-        await b.take('s');
-        await measure(ctx, id(tool, 'first'), 'blksnapfs', () => write(tool, b.origin, size));
-        await measure(ctx, id(tool, 'over'), 'blksnapfs', () => write(tool, b.origin, size));
-        const st = await b.status();
-        ctx.rec.fact(id(tool, 'first'), 'saved_chunks', st.diff_storage.saved_chunks);
-        if (tool === 'dd') ctx.rec.add(hwm, 'blksnapfs', (await b.vmHWMKiB()) / 1024);
-        await b.destroy('s');
-      }
-    });
+    for (const { system, transport } of bsfSystems(ctx)) {
+      await session(ctx, system, [...all, hwm], async (scope) => {
+        const b = scope.track(await mountBsf(ctx, { diffSize: size + 64 * MiB, transport }));
+        await ddWrite(b.origin, WARMUP); // a fresh daemon: let the JIT warm up first
+        for (const tool of TOOLS) await measure(ctx, id(tool, 'nosnap'), system, () => write(tool, b.origin, size), b);
+        for (const tool of TOOLS) {
+          await b.take('s');
+          await measure(ctx, id(tool, 'first'), system, () => write(tool, b.origin, size), b);
+          await measure(ctx, id(tool, 'over'), system, () => write(tool, b.origin, size), b);
+          const st = await b.status();
+          ctx.rec.fact(id(tool, 'first'), 'saved_chunks', st.diff_storage.saved_chunks);
+          if (tool === 'dd') ctx.rec.add(hwm, system, (await b.vmHWMKiB()) / 1024);
+          await b.destroy('s');
+        }
+      });
+    }
     await session(ctx, 'qsd', [...all, hwm], async (scope) => {
       const q = scope.track(await startQsd(ctx));
       await ddWrite(q.originExport, WARMUP);
@@ -102,15 +104,17 @@ export async function seqRead(ctx: Ctx): Promise<void> {
     await session(ctx, 'raw', all, async () => {
       for (const tool of TOOLS) await measure(ctx, id(tool, 'origin'), 'raw', () => read(tool, ctx.image, size));
     });
-    await session(ctx, 'blksnapfs', all, async (scope) => {
-      const b = scope.track(await mountBsf(ctx, { diffSize: size + 64 * MiB }));
-      for (const tool of TOOLS) await measure(ctx, id(tool, 'origin'), 'blksnapfs', () => read(tool, b.origin, size));
-      await b.take('s');
-      await overwriteHalf(b.origin, size, chunk);
-      ctx.rec.fact(id('dd', 'image'), 'saved_chunks', (await b.status()).diff_storage.saved_chunks);
-      for (const tool of TOOLS) await measure(ctx, id(tool, 'image'), 'blksnapfs', () => read(tool, b.image('s'), size));
-      await b.destroy('s');
-    });
+    for (const { system, transport } of bsfSystems(ctx)) {
+      await session(ctx, system, all, async (scope) => {
+        const b = scope.track(await mountBsf(ctx, { diffSize: size + 64 * MiB, transport }));
+        for (const tool of TOOLS) await measure(ctx, id(tool, 'origin'), system, () => read(tool, b.origin, size), b);
+        await b.take('s');
+        await overwriteHalf(b.origin, size, chunk);
+        ctx.rec.fact(id('dd', 'image'), 'saved_chunks', (await b.status()).diff_storage.saved_chunks);
+        for (const tool of TOOLS) await measure(ctx, id(tool, 'image'), system, () => read(tool, b.image('s'), size), b);
+        await b.destroy('s');
+      });
+    }
     await session(ctx, 'qsd', all, async (scope) => {
       const q = scope.track(await startQsd(ctx));
       for (const tool of TOOLS) await measure(ctx, id(tool, 'origin'), 'qsd', () => read(tool, q.originExport, size));

@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import type { Ctx } from '../lib/context.js';
-import { mountBsf, startQsd } from '../lib/context.js';
+import { bsfSystems, mountBsf, startQsd } from '../lib/context.js';
 import { ROOT } from '../lib/blksnapfs.js';
 import { must } from '../lib/proc.js';
 import { ddWrite, fio, GiB, MiB, TiB } from '../lib/tools.js';
@@ -31,26 +31,28 @@ export async function takeAndOriginMemory(ctx: Ctx): Promise<void> {
     const origin = join(ctx.sparseDir, `sparse-${label.replace(' ', '')}.img`);
     await must('truncate', ['-s', String(size), origin]);
     ctx.log(`snapshot take: ${label}`);
-    await session(ctx, 'blksnapfs', [take, idle, held], async (scope) => {
-      for (let rep = 1; rep <= reps; rep++) {
-        const b = scope.track(await mountBsf(ctx, { origin, chunk: null, diffSize: 64 * MiB }));
-        const st = await b.status();
-        for (const r of [take, idle, held]) {
-          ctx.rec.fact(r, 'chunk_size', st.chunk_size);
-          ctx.rec.fact(r, 'block_size', st.block_size);
-          ctx.rec.fact(r, 'block_count', st.block_count);
+    for (const { system, transport } of bsfSystems(ctx)) {
+      await session(ctx, system, [take, idle, held], async (scope) => {
+        for (let rep = 1; rep <= reps; rep++) {
+          const b = scope.track(await mountBsf(ctx, { origin, chunk: null, diffSize: 64 * MiB, transport }));
+          const st = await b.status();
+          for (const r of [take, idle, held]) {
+            ctx.rec.fact(r, 'chunk_size', st.chunk_size);
+            ctx.rec.fact(r, 'block_size', st.block_size);
+            ctx.rec.fact(r, 'block_count', st.block_count);
+          }
+          ctx.rec.add(idle, system, (await b.vmHWMKiB()) / 1024);
+          await b.take('first');
+          ctx.rec.add(held, system, (await b.vmHWMKiB()) / 1024);
+          await b.destroy('first');
+          for (let i = 0; i < Math.ceil(takesPerSize / reps); i++) {
+            ctx.rec.add(take, system, await b.take(`t${i}`));
+            await b.destroy(`t${i}`);
+          }
+          await b.stop();
         }
-        ctx.rec.add(idle, 'blksnapfs', (await b.vmHWMKiB()) / 1024);
-        await b.take('first');
-        ctx.rec.add(held, 'blksnapfs', (await b.vmHWMKiB()) / 1024);
-        await b.destroy('first');
-        for (let i = 0; i < Math.ceil(takesPerSize / reps); i++) {
-          ctx.rec.add(take, 'blksnapfs', await b.take(`t${i}`));
-          await b.destroy(`t${i}`);
-        }
-        await b.stop();
-      }
-    });
+      });
+    }
     await session(ctx, 'qsd', [take, idle, held], async (scope) => {
       const q = scope.track(await startQsd(ctx, { origin, originSize: size }));
       for (let rep = 1; rep <= reps; rep++) {
@@ -82,26 +84,28 @@ export async function chunkMemory(ctx: Ctx): Promise<void> {
   const owes = [perChunk, ...Array.from({ length: steps + 1 }, (_v, k) => [id('ctrl', k), id('snap', k)]).flat()];
   for (let rep = 1; rep <= reps; rep++) {
     ctx.log(`memory vs chunks: repetition ${rep}/${reps}`);
-    await session(ctx, 'blksnapfs', owes, async (scope) => {
-      const hwm: Record<string, number> = {};
-      for (const state of ['ctrl', 'snap']) {
-        const b = scope.track(await mountBsf(ctx, { chunk: memChunk, diffSize: memBytes + 64 * MiB }));
-        if (state === 'snap') await b.take('s');
-        for (let k = 0; k <= steps; k++) {
-          if (k > 0) await ddWrite(b.origin, step, (k - 1) * step);
-          const v = (await b.vmHWMKiB()) / 1024;
-          hwm[`${state}${k}`] = v;
-          ctx.rec.add(id(state, k), 'blksnapfs', v);
-          if (state === 'snap') ctx.rec.fact(id(state, k), 'saved_chunks', (await b.status()).diff_storage.saved_chunks);
+    for (const { system, transport } of bsfSystems(ctx)) {
+      await session(ctx, system, owes, async (scope) => {
+        const hwm: Record<string, number> = {};
+        for (const state of ['ctrl', 'snap']) {
+          const b = scope.track(await mountBsf(ctx, { chunk: memChunk, diffSize: memBytes + 64 * MiB, transport }));
+          if (state === 'snap') await b.take('s');
+          for (let k = 0; k <= steps; k++) {
+            if (k > 0) await ddWrite(b.origin, step, (k - 1) * step);
+            const v = (await b.vmHWMKiB()) / 1024;
+            hwm[`${state}${k}`] = v;
+            ctx.rec.add(id(state, k), system, v);
+            if (state === 'snap') ctx.rec.fact(id(state, k), 'saved_chunks', (await b.status()).diff_storage.saved_chunks);
+          }
+          if (state === 'snap') {
+            const saved = (await b.status()).diff_storage.saved_chunks;
+            ctx.rec.fact(perChunk, 'saved_chunks', saved);
+            ctx.rec.add(perChunk, system, (((hwm[`snap${steps}`] ?? 0) - (hwm[`ctrl${steps}`] ?? 0)) * MiB) / saved);
+          }
+          await b.stop();
         }
-        if (state === 'snap') {
-          const saved = (await b.status()).diff_storage.saved_chunks;
-          ctx.rec.fact(perChunk, 'saved_chunks', saved);
-          ctx.rec.add(perChunk, 'blksnapfs', (((hwm[`snap${steps}`] ?? 0) - (hwm[`ctrl${steps}`] ?? 0)) * MiB) / saved);
-        }
-        await b.stop();
-      }
-    });
+      });
+    }
   }
   // What is kept, without the collector's slack: the engine's tables alone, forced GC.
   const probe = join(ROOT, 'dist', 'bench', 'lib', 'retained-probe.js');
@@ -136,16 +140,18 @@ export async function multiSnapshot(ctx: Ctx): Promise<void> {
   const write = async (path: string): Promise<number> => (await fio({ filename: path, rw: 'write', bs: '1M', iodepth: 4, size: multiBytes })).mibs;
   for (let rep = 1; rep <= reps; rep++) {
     ctx.log(`snapshots held: repetition ${rep}/${reps}`);
-    await session(ctx, 'blksnapfs', all, async (scope) => {
-      // A fresh mount for each k: the same empty difference storage every time.
-      for (const k of multi) {
-        const b = scope.track(await mountBsf(ctx, { diffSize: multiBytes + 64 * MiB }));
-        for (let i = 0; i < k; i++) await b.take(`m${i}`);
-        await measure(ctx, id(k), 'blksnapfs', () => write(b.origin));
-        ctx.rec.fact(id(k), 'saved_chunks', (await b.status()).diff_storage.saved_chunks);
-        await b.stop();
-      }
-    });
+    for (const { system, transport } of bsfSystems(ctx)) {
+      await session(ctx, system, all, async (scope) => {
+        // A fresh mount for each k: the same empty difference storage every time.
+        for (const k of multi) {
+          const b = scope.track(await mountBsf(ctx, { diffSize: multiBytes + 64 * MiB, transport }));
+          for (let i = 0; i < k; i++) await b.take(`m${i}`);
+          await measure(ctx, id(k), system, () => write(b.origin), b);
+          ctx.rec.fact(id(k), 'saved_chunks', (await b.status()).diff_storage.saved_chunks);
+          await b.stop();
+        }
+      });
+    }
     await session(ctx, 'qsd', all, async (scope) => {
       const q = scope.track(await startQsd(ctx));
       for (const k of multi) {
