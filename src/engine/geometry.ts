@@ -51,3 +51,26 @@ export function deriveGeometry(originSize: number, chunkSize?: number, blockSize
     blockCount: Math.ceil(originSize / block),
   };
 }
+
+/** One chunk's share of a byte range: `length` bytes at `inChunk`, `done` bytes into the range. */
+export interface ChunkPiece {
+  chunk: number;
+  inChunk: number;
+  length: number;
+  done: number;
+}
+
+/** Cut [position, position + length) at chunk borders, in order. */
+export function chunkPieces(chunkSize: number, position: number, length: number): ChunkPiece[] {
+  const pieces: ChunkPiece[] = [];
+  let done = 0;
+  while (done < length) {
+    const pos = position + done;
+    const chunk = Math.floor(pos / chunkSize);
+    const inChunk = pos - chunk * chunkSize;
+    const n = Math.min(length - done, chunkSize - inChunk);
+    pieces.push({ chunk, inChunk, length: n, done });
+    done += n;
+  }
+  return pieces;
+}

@@ -21,7 +21,7 @@ import type { OriginDevice } from '../storage/origin-device.js';
 import { AlignedBufferPool, alignDown, alignUp } from '../storage/aligned.js';
 import type { ChunkCopies } from './chunk-copy.js';
 import type { ExceptionStore } from './exception-store.js';
-import type { Geometry } from './geometry.js';
+import { chunkPieces, type Geometry } from './geometry.js';
 import { SavedReadAhead } from './saved-read-ahead.js';
 import { SavedWindowCache } from './saved-window-cache.js';
 import type { Snapshot } from './snapshot.js';
@@ -68,16 +68,7 @@ export class ImageReads {
    */
   async read(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     const cs = this.parts.geometry.chunkSize;
-    const pieces: Array<Promise<void>> = [];
-    let done = 0;
-    while (done < length) {
-      const pos = position + done;
-      const chunk = Math.floor(pos / cs);
-      const inChunk = pos - chunk * cs;
-      const n = Math.min(length - done, cs - inChunk);
-      pieces.push(this.readPiece(snap, chunk, inChunk, n, buf, offset + done));
-      done += n;
-    }
+    const pieces = chunkPieces(cs, position, length).map((p) => this.readPiece(snap, p.chunk, p.inChunk, p.length, buf, offset + p.done));
     // A sequential reader: start reading the saved chunks just past this request.
     if (this.nextImageRead.get(snap) === position) this.readAheadImage(snap, Math.floor((position + length) / cs));
     this.nextImageRead.set(snap, position + length);

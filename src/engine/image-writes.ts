@@ -28,6 +28,7 @@
 import { BlksnapError } from '../errors.js';
 import type { OriginDevice } from '../storage/origin-device.js';
 import type { ExceptionStore } from './exception-store.js';
+import { chunkPieces } from './geometry.js';
 import { AlignedBufferPool, alignDown, alignUp } from '../storage/aligned.js';
 import type { ChunkCopies } from './chunk-copy.js';
 import type { Snapshot } from './snapshot.js';
@@ -62,7 +63,7 @@ export class ImageWrites {
    * checked the range, the mode and the snapshot's state, and holds the snapshot.
    */
   async write(snap: Snapshot, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-    const pieces = this.piecesOf(length, position);
+    const pieces = chunkPieces(this.parts.chunkSize, position, length);
     // 1. and 2.: every chunk gets its private copy first, or nothing of the write happens.
     const missing = pieces.filter((p) => snap.privateChunks.slotOf(p.chunk) < 0);
     if (missing.length > 0) {
@@ -75,21 +76,6 @@ export class ImageWrites {
       snap.privateChunks.exclusive(p.chunk, () => this.writeInto(snap, p.chunk, p.inChunk, p.length, buf, offset + p.done))
     )));
     for (const outcome of writes) if (outcome.status === 'rejected') throw outcome.reason;
-  }
-
-  private piecesOf(length: number, position: number): Array<{ chunk: number; inChunk: number; length: number; done: number }> {
-    const cs = this.parts.chunkSize;
-    const pieces = [];
-    let done = 0;
-    while (done < length) {
-      const pos = position + done;
-      const chunk = Math.floor(pos / cs);
-      const inChunk = pos - chunk * cs;
-      const n = Math.min(length - done, cs - inChunk);
-      pieces.push({ chunk, inChunk, length: n, done });
-      done += n;
-    }
-    return pieces;
   }
 
   /**
