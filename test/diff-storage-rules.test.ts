@@ -113,8 +113,11 @@ async function abortConnection(mnt: string): Promise<void> {
   const minor = line?.split(' ')[2]?.split(':')[1];
   if (minor === undefined) return;
   const abort = `/sys/fs/fuse/connections/${minor}/abort`;
-  if (!existsSync(abort)) await run('mount', ['-t', 'fusectl', 'fusectl', '/sys/fs/fuse/connections']);
+  const mounted = !existsSync(abort);
+  if (mounted) await run('mount', ['-t', 'fusectl', 'fusectl', '/sys/fs/fuse/connections']);
   await fsp.writeFile(abort, '1').catch(() => undefined);
+  // Leave the machine as it was: fusectl only if it was there before.
+  if (mounted) await run('umount', ['/sys/fs/fuse/connections']);
 }
 
 test('defect 6: storage-append through a symlink into ext4 on a loop device over MOUNT/origin is EINVAL at once; the mount answers', async (t) => {
