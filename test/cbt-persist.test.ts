@@ -11,6 +11,7 @@ import test, { type ExecutionContext } from 'ava';
 import { promises as fsp } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import type { TrackingStatus } from '../src/cli/cbt-commands.js';
 import {
   CLI, KiB, MOUNT_HELPER, MiB, daemonPids, forceUnmount, makeImage, mountDevice, mountImage, must, run, scratchDir, writeRange,
   type Mounted,
@@ -18,16 +19,8 @@ import {
 
 const BS = 64 * KiB;
 
-interface Tracking {
-  generation_id: string;
-  changes_number: number;
-  active_number: number;
-  generation_started: string;
-  generation_reason: string;
-  resumed: boolean;
-  resumed_from_save: string | null;
-  state_file: string | null;
-}
+/** /status change_tracking, as `blksnapfs cbt info` reads it. */
+type Tracking = TrackingStatus;
 
 async function tracking(m: Mounted): Promise<Tracking> {
   return (await m.status())['change_tracking'] as Tracking;

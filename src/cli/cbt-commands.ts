@@ -23,7 +23,7 @@ export function changedRanges(map: Uint8Array, since: number, blockSize: number,
   return ranges;
 }
 
-interface TrackingStatus {
+export interface TrackingStatus {
   generation_id: string;
   changes_number: number;
   active_number: number;

@@ -209,7 +209,15 @@ class Libfuse3Session implements FuseSession {
   private settle<T>(id: number, op: number, work: Promise<T>, reply: (value: T) => boolean): void {
     work.then(
       (value) => {
-        if (!reply(value)) this.log.error({ id, op }, 'bug: a request was answered twice');
+        let answered: boolean;
+        try {
+          answered = reply(value);
+        } catch (err) {
+          // Turning the value into a reply failed: the caller still gets an answer.
+          this.fail(id, op, err);
+          return;
+        }
+        if (!answered) this.log.error({ id, op }, 'bug: a request was answered twice');
       },
       (err: unknown) => this.fail(id, op, err),
     );
