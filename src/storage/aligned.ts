@@ -29,22 +29,38 @@ export function alignUp(value: number, alignment = DIRECT_IO_ALIGNMENT): number 
 /**
  * A fixed set of aligned buffers handed out one at a time. `acquire` waits when all
  * are in use: this bounds the memory of concurrent copy-on-write work, and the hot
- * path allocates nothing per request.
+ * path allocates nothing per request. With `lazy`, a buffer is made the first time it
+ * is needed (at most `count`), so a large bound costs nothing until work needs it.
  */
 export class AlignedBufferPool {
   readonly bufferSize: number;
+  readonly count: number;
+  private made = 0;
   private readonly free: Buffer[] = [];
   private readonly waiters: Array<(buf: Buffer) => void> = [];
 
-  constructor(bufferSize: number, count: number) {
+  constructor(bufferSize: number, count: number, options: { lazy?: boolean } = {}) {
     this.bufferSize = bufferSize;
-    for (let i = 0; i < count; i++) this.free.push(allocAligned(bufferSize));
+    this.count = count;
+    if (options.lazy !== true) while (this.made < count) this.make();
+  }
+
+  private make(): void {
+    this.free.push(allocAligned(this.bufferSize));
+    this.made++;
   }
 
   acquire(): Promise<Buffer> {
+    if (this.free.length === 0 && this.made < this.count) this.make();
     const buf = this.free.pop();
     if (buf !== undefined) return Promise.resolve(buf);
     return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** A buffer now, or null when every one is in use (no waiting). */
+  tryAcquire(): Buffer | null {
+    if (this.free.length === 0 && this.made < this.count) this.make();
+    return this.free.pop() ?? null;
   }
 
   release(buf: Buffer): void {

@@ -3,16 +3,23 @@
  *
  * Allocation is a bump pointer over the pool's extents in order, plus a free list of
  * slots released by destroyed snapshots (reused first, so space freed by rmdir is used
- * again before the pool grows). Slots are numbered across all extents; a slot number
- * is all the engine keeps per saved chunk. An extent is a run of slots in one file at
- * one offset: a file appended with storage-append is one new extent, and a file grown
- * at its end (automatic growth) gets one more extent, so slots handed out earlier
- * never move.
+ * again before fresh space). Slots are numbered across all extents; a slot number is all
+ * the engine keeps per saved chunk. An extent is a run of slots in one file at one
+ * offset: a file appended with storage-append is one new extent, and a file grown at its
+ * end (automatic growth) gets one more extent (merged with the one before when that one
+ * ends exactly there, in the same file), so slots handed out earlier never move.
+ *
+ * Runs: copy-on-write saves adjacent chunks with one O_DIRECT write, so it asks for up
+ * to n slots at once (`allocateRun`) and gets the longest run it can that is contiguous
+ * in one file (at least one slot): from the free list (kept sorted, lowest first) when
+ * it has any, else from the bump pointer up to the end of its extent. Reads and writes
+ * may span the slots of such a run (`contiguousSlots` says how far one may go).
  *
  * It also watches free space against a threshold and reports each crossing below it
  * once (edge-triggered), the way blksnap raises its low-space event. A space manager
  * (automatic growth, see storage-growth.ts) may take a crossing over; it is then
- * announced only if the manager cannot restore the space.
+ * announced only if the manager cannot restore the space. Space is counted in slots:
+ * a run of n slots is n slots used, exactly as n single allocations would be.
  */
 import { BlksnapError } from '../errors.js';
 import type { DiffStorageFile } from './diff-storage-file.js';
@@ -24,6 +31,15 @@ interface Extent {
   fileOffset: number;
   firstSlot: number;
   slotCount: number;
+}
+
+/** Slot numbers stay below this: the engine reserves the values from here on (copy-table.ts). */
+export const MAX_SLOTS = 0xfffffffe;
+
+/** `count` slots from `slot` on, contiguous in one file. */
+export interface SlotRun {
+  slot: number;
+  count: number;
 }
 
 export interface DiffStorageStats {
@@ -61,7 +77,9 @@ export class DiffStorage {
   private readonly extents: Extent[] = [];
   private totalSlots = 0;
   private nextUnused = 0;
+  /** Released slots; sorted descending (lowest last, taken first) unless `freeUnsorted`. */
   private readonly freeSlots: number[] = [];
+  private freeUnsorted = false;
   private usedSlots = 0;
   /** Below the threshold since the last crossing (re-armed when free space is back). */
   private belowThreshold = false;
@@ -86,7 +104,14 @@ export class DiffStorage {
   }
 
   private addExtent(file: DiffStorageFile, fileOffset: number, slotCount: number): void {
-    this.extents.push({ file, fileOffset, firstSlot: this.totalSlots, slotCount });
+    if (this.totalSlots + slotCount > MAX_SLOTS) throw BlksnapError.of('EFBIG', `the difference storage cannot hold more than ${MAX_SLOTS} chunks`);
+    const last = this.extents[this.extents.length - 1];
+    if (last !== undefined && last.file === file && last.fileOffset + last.slotCount * this.chunkSize === fileOffset) {
+      // The same file grown at its end: one extent, so runs may cross the old end.
+      last.slotCount += slotCount;
+    } else {
+      this.extents.push({ file, fileOffset, firstSlot: this.totalSlots, slotCount });
+    }
     this.totalSlots += slotCount;
     this.rearm();
   }
@@ -128,16 +153,36 @@ export class DiffStorage {
     return this.totalSlots * this.chunkSize;
   }
 
-  /** Take one slot without waiting; null when none is left. */
-  private take(): number | null {
-    let slot = this.freeSlots.pop();
-    if (slot === undefined) {
-      if (this.nextUnused >= this.totalSlots) return null;
-      slot = this.nextUnused++;
+  /** Take up to `max` slots contiguous in one file, without waiting; null when none is left. */
+  private takeRun(max: number): SlotRun | null {
+    let run: SlotRun | null = null;
+    if (this.freeSlots.length > 0) {
+      if (this.freeUnsorted) {
+        this.freeSlots.sort((a, b) => b - a);
+        this.freeUnsorted = false;
+      }
+      const slot = this.freeSlots.pop() ?? 0;
+      const room = this.contiguousSlots(slot, max);
+      let count = 1;
+      while (count < room && this.freeSlots[this.freeSlots.length - 1] === slot + count) {
+        this.freeSlots.pop();
+        count++;
+      }
+      run = { slot, count };
+    } else if (this.nextUnused < this.totalSlots) {
+      const slot = this.nextUnused;
+      const count = this.contiguousSlots(slot, max);
+      this.nextUnused += count;
+      run = { slot, count };
     }
-    this.usedSlots++;
-    this.checkThreshold();
-    return slot;
+    if (run === null) return null;
+    // One slot at a time, so that a crossing is seen (and reported) at the very slot that
+    // made it, exactly as with single allocations.
+    for (let i = 0; i < run.count; i++) {
+      this.usedSlots++;
+      this.checkThreshold();
+    }
+    return run;
   }
 
   /**
@@ -145,9 +190,19 @@ export class DiffStorage {
    * ENOSPC when no more space is coming.
    */
   async allocate(): Promise<number> {
+    return (await this.allocateRun(1)).slot;
+  }
+
+  /**
+   * Take between 1 and `max` slots contiguous in one file (as many as there are in a row
+   * where the allocator takes from). When none is left and automatic growth is adding
+   * space, wait for it; ENOSPC when no more space is coming.
+   */
+  async allocateRun(max: number): Promise<SlotRun> {
+    if (!Number.isSafeInteger(max) || max < 1) throw new Error(`bug: a run of ${max} slots`);
     for (;;) {
-      const slot = this.take();
-      if (slot !== null) return slot;
+      const run = this.takeRun(max);
+      if (run !== null) return run;
       const more = this.manager?.whenMore() ?? null;
       if (more === null) throw BlksnapError.of('ENOSPC', 'difference storage is full');
       const size = this.totalSlots;
@@ -158,6 +213,8 @@ export class DiffStorage {
   }
 
   release(slot: number): void {
+    const lowest = this.freeSlots[this.freeSlots.length - 1];
+    if (lowest !== undefined && slot > lowest) this.freeUnsorted = true;
     this.freeSlots.push(slot);
     this.usedSlots--;
     this.rearm();
@@ -189,19 +246,51 @@ export class DiffStorage {
     notifyLater('the low-space observer', this.onLowSpace, { freeBytes: free, requestedBytes: Math.max(0, this.threshold - free) });
   }
 
-  private locate(slot: number): { file: DiffStorageFile; position: number } {
-    for (const e of this.extents) {
-      if (slot >= e.firstSlot && slot < e.firstSlot + e.slotCount) {
-        return { file: e.file, position: e.fileOffset + (slot - e.firstSlot) * this.chunkSize };
-      }
+  /** The extent holding `slot` (binary search: growth may add many). */
+  private extentOf(slot: number): Extent {
+    let lo = 0;
+    let hi = this.extents.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const e = this.extents[mid];
+      if (e === undefined) break;
+      if (slot < e.firstSlot) hi = mid - 1;
+      else if (slot >= e.firstSlot + e.slotCount) lo = mid + 1;
+      else return e;
     }
     throw BlksnapError.of('EIO', `difference storage slot ${slot} does not exist`);
   }
 
+  /** How many slots from `slot` on (at most `max`) lie in a row in one file. */
+  contiguousSlots(slot: number, max: number): number {
+    const e = this.extentOf(slot);
+    return Math.max(1, Math.min(max, e.firstSlot + e.slotCount - slot));
+  }
+
+  /** Where byte `offset` of the run from `slot` lies; EIO if [offset, offset + length) leaves the slot's extent. */
+  private locate(slot: number, offset: number, length: number): { file: DiffStorageFile; position: number } {
+    const e = this.extentOf(slot);
+    const start = (slot - e.firstSlot) * this.chunkSize + offset;
+    if (offset < 0 || start + length > e.slotCount * this.chunkSize) {
+      throw BlksnapError.of('EIO', `bug: ${length} bytes at ${offset} of slot ${slot} leave its file's run of slots`);
+    }
+    return { file: e.file, position: e.fileOffset + start };
+  }
+
   /** Write a whole chunk (an aligned buffer of chunkSize bytes) into a slot. */
   async writeChunk(slot: number, buf: Buffer): Promise<void> {
-    const { file, position } = this.locate(slot);
+    const { file, position } = this.locate(slot, 0, this.chunkSize);
     await file.write(buf, this.chunkSize, position);
+  }
+
+  /**
+   * Write `count` whole chunks (an aligned buffer) into the slots from `slot` on, one
+   * O_DIRECT write; the slots must be contiguous (a run from `allocateRun`).
+   */
+  async writeSlots(slot: number, count: number, buf: Buffer): Promise<void> {
+    const length = count * this.chunkSize;
+    const { file, position } = this.locate(slot, 0, length);
+    await file.write(buf, length, position);
   }
 
   /**
@@ -210,14 +299,18 @@ export class DiffStorage {
    * shared by several snapshots is written once, whole, and never again.
    */
   async writeChunkPart(slot: number, offset: number, length: number, buf: Buffer): Promise<void> {
-    const { file, position } = this.locate(slot);
-    await file.write(buf, length, position + offset);
+    const { file, position } = this.locate(slot, offset, length);
+    await file.write(buf, length, position);
   }
 
-  /** Read `length` bytes at `offset` within a slot; offset and length are aligned. */
+  /**
+   * Read `length` bytes at `offset` from the start of `slot`; offset and length are
+   * aligned, and the bytes may run on into the following slots as far as they are
+   * contiguous (`contiguousSlots`).
+   */
   async readChunkPart(slot: number, offset: number, length: number, buf: Buffer): Promise<void> {
-    const { file, position } = this.locate(slot);
-    await file.read(buf, length, position + offset);
+    const { file, position } = this.locate(slot, offset, length);
+    await file.read(buf, length, position);
   }
 
   stats(): DiffStorageStats {
