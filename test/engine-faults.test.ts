@@ -97,32 +97,34 @@ test('a copy that fails while another copy of the same write is in flight: a sna
   const logger: Logger = { ...throwingLogger, info: () => undefined, debug: () => undefined, warn: () => undefined };
   const { engine } = await openEngine(t, { size: 1 * MiB, chunkSize: CHUNK, diffSize: 2 * MiB, logger });
   const s1 = await engine.take('s1');
+  // Chunk 1 saved already: the write below copies chunks 0 (A) and 2 (B) as two runs.
+  await write(engine, CHUNK, randomBytes(CHUNK));
   const origin = engine.origin;
-  const plainRead = origin.read.bind(origin);
+  const plainRead = origin.readForCopy.bind(origin);
   let failedA!: () => void;
   const aFailed = new Promise<void>((r) => (failedA = r));
   let slowB = true;
-  origin.read = async (buf, offset, length, position) => {
+  origin.readForCopy = async (buf, offset, length, position) => {
     if (position === 0 && length === CHUNK) {
       failedA();
       throw BlksnapError.of('EIO', 'injected: origin read error in chunk A');
     }
-    if (position === CHUNK && slowB) {
+    if (position === 2 * CHUNK && slowB) {
       slowB = false;
       await sleep(150); // chunk B's copy stays in flight
     }
     return plainRead(buf, offset, length, position);
   };
-  const w1Data = randomBytes(2 * CHUNK);
+  const w1Data = randomBytes(3 * CHUNK);
   const w1 = write(engine, 0, w1Data).then(() => 'landed', (err: unknown) => err);
   await aFailed;
   await sleep(5);
   await engine.take('s2'); // must wait for w1, whose copy of B is still in flight
-  const atTake = (await readOrigin(engine)).subarray(CHUNK, 2 * CHUNK);
-  await write(engine, CHUNK, randomBytes(CHUNK)); // chunk B again, now for s2
+  const atTake = (await readOrigin(engine)).subarray(2 * CHUNK, 3 * CHUNK);
+  await write(engine, 2 * CHUNK, randomBytes(CHUNK)); // chunk B again, now for s2
   const s2 = engine.get('s2');
   t.is(s2?.state, 'ok');
-  t.true((await readImage(engine, 's2', CHUNK, CHUNK)).equals(atTake), 's2 holds chunk B as it was at its take');
+  t.true((await readImage(engine, 's2', 2 * CHUNK, CHUNK)).equals(atTake), 's2 holds chunk B as it was at its take');
   t.is(await w1, 'landed', 'the origin write whose copy failed still landed');
   t.is(s1.state, 'corrupted');
   t.is(s1.error, 'EIO');
@@ -130,22 +132,24 @@ test('a copy that fails while another copy of the same write is in flight: a sna
 
 // ---- defect 3: an image read whose pieces fail at different times -----------------
 
-test('an image read answers only when every piece has settled, even when one fails early', async (t) => {
+test('an image read answers only when every run has settled, even when one fails early', async (t) => {
   const { engine } = await openEngine(t, { size: 1 * MiB, chunkSize: CHUNK, diffSize: 2 * MiB });
   const snap = await engine.take('s');
+  await write(engine, CHUNK, randomBytes(CHUNK)); // chunk 1 saved: a read of 0..1 is two runs
   const origin = engine.origin;
-  const plainRead = origin.read.bind(origin);
+  origin.read = () => Promise.reject(BlksnapError.of('EIO', 'injected: origin read error in chunk 0'));
+  const storage = engine.storage;
+  const plainRead = storage.readChunkPart.bind(storage);
   let slowDone = false;
-  origin.read = async (buf, offset, length, position) => {
-    if (position < CHUNK) throw BlksnapError.of('EIO', 'injected: origin read error in chunk 0');
+  storage.readChunkPart = async (slot, offset, length, buf) => {
     await sleep(100);
-    await plainRead(buf, offset, length, position);
+    await plainRead(slot, offset, length, buf);
     slowDone = true;
   };
   const buf = Buffer.alloc(2 * CHUNK, 0x55);
   const err = await t.throwsAsync(() => engine.readImage(snap, buf, 0, buf.length, 0));
   t.is((err as BlksnapError | undefined)?.code, 'EIO');
-  t.true(slowDone, 'the other piece had finished before the read answered');
+  t.true(slowDone, 'the other run had finished before the read answered');
   const answered = Buffer.from(buf);
   await sleep(200);
   t.true(buf.equals(answered), 'nothing wrote into the buffer after the answer');
@@ -209,8 +213,8 @@ test('chunk copies: a write for a newer snapshot never joins a copy in flight fo
   // snapshot 1 as the newest, the second snapshot 2, while the first copy is in flight.
   const { engine } = await openEngine(t, { size: 1 * MiB, chunkSize: CHUNK, diffSize: 2 * MiB });
   const origin = engine.origin;
-  const plainRead = origin.read.bind(origin);
-  origin.read = async (buf, offset, length, position) => {
+  const plainRead = origin.readForCopy.bind(origin);
+  origin.readForCopy = async (buf, offset, length, position) => {
     await sleep(50);
     return plainRead(buf, offset, length, position);
   };

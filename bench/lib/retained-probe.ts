@@ -1,7 +1,10 @@
 /**
  * Retained memory of the engine's per-chunk bookkeeping, measured exactly: build a
- * CopyTable the way copy-on-write fills it (one copy per chunk, savedThrough set),
- * force a full GC before and after, and divide. Run as a child with --expose-gc:
+ * CopyTable the way copy-on-write fills it (one record per saved chunk, which is also
+ * its savedThrough), force a full GC before and after, and divide. The table is all the
+ * engine keeps per saved chunk: runs in flight and origin readers are transient, and
+ * the image reads' caches are bounded by their own size, not by chunks. Run as a child
+ * with --expose-gc:
  *
  *     node --expose-gc dist/bench/lib/retained-probe.js CHUNKS PATTERN CHUNK_SPACE
  *
@@ -38,9 +41,9 @@ for (let i = 0; i < chunks; i++) {
     do c = Math.floor(rand() * space); while (seen.has(c));
     seen.add(c);
   }
-  table.add(c, 0, 1, i);
-  table.setSavedThrough(c, 1);
+  table.record(c, 1, i);
 }
 seen.clear();
 const after = retained();
+if (table.savedCopies !== chunks || table.chunkCount !== chunks) throw new Error(`the probe built ${table.savedCopies} copies of ${table.chunkCount} chunks, not ${chunks}`);
 process.stdout.write(`${JSON.stringify({ chunks, pattern, space, bytes: after - before, perChunk: (after - before) / chunks, saved: table.savedCopies })}\n`);

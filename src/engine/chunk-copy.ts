@@ -1,55 +1,68 @@
 /**
- * Copy-on-write of origin chunks, in one place: the life of one chunk's copy, and the
- * image readers that fetch a chunk from the origin meanwhile.
+ * Copy-on-write of origin chunks, in one place: the life of a copy run, and the image
+ * readers that fetch a chunk from the origin meanwhile.
  *
- * One copy of one chunk, serving the snapshots whose seq lies in (lo, hi]:
+ * A copy run saves chunks [first, first + count) (adjacent, at most one copy buffer's
+ * worth) for the snapshots up to hi, the newest live snapshot when it started. Each
+ * chunk c of it serves the snapshots in (lo_c, hi], lo_c being what c was saved through
+ * before; the lo_c of one run may differ (some chunks were saved for older snapshots).
  *
- *     idle ──a write finds savedThrough < newest──> copying(lo, hi)
- *                                                     │ read origin, allocate a slot,
- *                                                     │ write the slot (O_DIRECT)
- *                                        ┌────────────┴────────────┐
- *                                        v                         v
- *                                      saved                     failed
- *                             record (lo, hi, slot)     snapshots in (lo, hi] corrupted
- *                                        └────────────┬────────────┘
- *                                                     v
- *                                   savedThrough = hi, back to idle
+ *     idle ──a write finds savedThrough < newest for adjacent chunks──> copying
+ *                  │ one origin read of the whole run; slots in a row in the storage
+ *                  │ (prepareRun, as few pieces as the allocator can give: usually one);
+ *                  │ one O_DIRECT write per piece
+ *                  v
+ *               settled: in one synchronous step, per chunk:
+ *                  piece written  -> recorded (hi, slot): saved for (lo_c, hi]
+ *                  piece failed   -> recorded (hi, LOST_SLOT); the snapshots in
+ *                                    (min lo_c of the failed chunks, hi] are corrupted
+ *                  then savedThrough = hi for every chunk of the run, back to idle
  *
- * lo is what the chunk was saved through before; hi the newest live snapshot when the
- * copy started. Which saved copy serves which snapshot is the copy table's business
- * (copy-table.ts); this file decides when a copy starts, who waits for it, and who may
- * read the origin meanwhile.
+ * Which saved copy serves which snapshot is the copy table's business (copy-table.ts);
+ * this file decides when a run starts, who waits for it, and who may read the origin
+ * meanwhile.
  *
  * Invariants:
- * - No snapshot is taken while a write's copies are in flight. A write stays inside the
- *   take barrier (write-barrier.ts) until every copy it started or joined has settled
- *   (Promise.allSettled: one copy failing must not let the write leave while another
- *   is still copying). Copies are only started by writes, so while a copy is in flight
- *   its hi is the newest snapshot.
- * - A write joins an in-flight copy only if the copy covers the newest snapshot
- *   (hi >= newest); else it waits for that copy to settle and looks again. Joining a
- *   copy whose range ends before the newest snapshot would leave that snapshot reading
- *   the write's new bytes from the origin, with its state ok.
- * - A copy never rejects: its outcome is its state, and a failure is reported through
- *   `failed` (which corrupts the snapshots in (lo, hi]).
+ * - Single flight: a chunk is in at most one run in flight (`inFlight`), and a run never
+ *   includes a chunk that is saved through the newest snapshot already, in flight, or
+ *   owned privately by every snapshot that needs it; such chunks split a write's chunks
+ *   into several runs.
+ * - No snapshot is taken while a write's runs are in flight. A write stays inside the
+ *   take barrier (write-barrier.ts) until every run it started or joined has settled
+ *   (`prepareWrite`'s promise). Runs are only started by writes, so while a run is in
+ *   flight its hi is the newest snapshot.
+ * - A write joins a run in flight only if the run covers the newest snapshot
+ *   (hi >= newest); else it waits for that run to settle and looks again at those
+ *   chunks. Joining a run whose range ends before the newest snapshot would leave that
+ *   snapshot reading the write's new bytes from the origin, with its state ok.
+ * - A run's chunks settle together: records, savedThrough and the end of `inFlight`
+ *   change for all of them in one synchronous step after the run's last write, so a
+ *   run's chunks stop needing a copy at the same moment (the native fast path of
+ *   issue 14 publishes "needs no copy" for a write's chunks once its prepareWrite has
+ *   settled).
+ * - A run never rejects: its outcome is in the table, and a failure is reported through
+ *   `failed`, which corrupts exactly the snapshots that needed a chunk that could not be
+ *   saved (a failed origin read fails every chunk of the run; a failed allocation or
+ *   write fails the chunks of that piece and of the pieces not yet allocated). The origin
+ *   write goes on whatever the outcome.
+ * - Copy buffers are bounded: one pooled buffer per run in flight, at most
+ *   COPY_POOL_BYTES of them (diff-area.ts); a run waits for one.
  * - No copy is made for snapshots that all own a private copy of the chunk (writes to
  *   their images, private-chunks.ts): they never read the origin's chunk or a saved
- *   copy again, so savedThrough just moves on. A private copy still being made is not
- *   owned yet (it is recorded only when complete): the copy is made as usual, and the
- *   private copy's origin read is a registered reader the write waits for.
+ *   copy again, so savedThrough just moves on (a LOST_SLOT record). A private copy still
+ *   being made is not owned yet (it is recorded only when complete): the copy is made as
+ *   usual, and the private copy's origin read is a registered reader the write waits for.
  * - An image read decides where a chunk comes from and, when that is the origin,
  *   registers as the chunk's reader in one synchronous span (no await between the two;
- *   origin-readers.ts). A write waits, after its copies have settled, for the readers
- *   of its chunks before it writes the origin: an image reader never gets bytes newer
- *   than its snapshot.
+ *   origin-readers.ts), chunk by chunk. A write waits, after its runs have settled, for
+ *   the readers of its chunks before it writes the origin: an image reader never gets
+ *   bytes newer than its snapshot.
  */
 import type { OriginDevice } from '../storage/origin-device.js';
 import type { ExceptionStore } from './exception-store.js';
 import type { AlignedBufferPool } from '../storage/aligned.js';
-import { CopyTable } from './copy-table.js';
+import { CopyTable, HOLE_SLOT, LOST_SLOT } from './copy-table.js';
 import { OriginReaders } from './origin-readers.js';
-
-export type CopyState = 'copying' | 'saved' | 'failed';
 
 /** What the copy-on-write needs from the engine around it. */
 export interface ChunkCopyParts {
@@ -58,7 +71,10 @@ export interface ChunkCopyParts {
   store: ExceptionStore;
   chunkSize: number;
   originSize: number;
-  /** Aligned chunk buffers; its size bounds the copies in flight. */
+  /**
+   * Aligned run buffers of a whole number of chunks; a run is at most one buffer long,
+   * and the pool's size bounds the runs in flight.
+   */
   pool: AlignedBufferPool;
   /** `slot` is about to hold new data: forget whatever caches hold of its previous life. */
   slotReused(slot: number): void;
@@ -66,7 +82,7 @@ export interface ChunkCopyParts {
   needed(lo: number, hi: number): boolean;
   /** Whether every live snapshot in (lo, hi] owns a private copy of `chunk` (image writes). */
   ownedByAll(chunk: number, lo: number, hi: number): boolean;
-  /** The copy serving (lo, hi] failed: corrupt those snapshots. Must not throw. */
+  /** The copies serving (lo, hi] failed: corrupt those snapshots. Must not throw. */
   failed(lo: number, hi: number, err: unknown, what: string): void;
 }
 
@@ -75,41 +91,48 @@ export type ChunkSource =
   | { from: 'saved'; slot: number }
   /** The origin still holds it; the caller is registered as its reader (call `doneReading`). */
   | { from: 'origin' }
+  /** It was a hole when it was copied: zeros (issue 16). */
+  | { from: 'zeros' }
   /** Its copy failed (the snapshot is corrupted). */
   | { from: 'lost' };
 
-/** One copy of one chunk, from start to outcome. */
-class ChunkCopy {
-  state: CopyState = 'copying';
-  /** Settles (never rejects) when the copy is saved or failed. */
+/** One run of adjacent chunks being copied, from start to settling. */
+class CopyRun {
+  /** Settles (never rejects) once every chunk of the run is recorded. */
   settled: Promise<void> = Promise.resolve();
 
-  constructor(readonly chunk: number, readonly lo: number, readonly hi: number) {}
+  constructor(
+    readonly first: number,
+    readonly count: number,
+    readonly hi: number,
+    /** What each chunk was saved through when the run started (its copy serves (lo, hi]). */
+    readonly lo: Uint32Array,
+  ) {}
 }
 
 export class ChunkCopies {
   private readonly table = new CopyTable();
   private readonly readers = new OriginReaders();
-  /** The copy in flight per chunk (at most one). */
-  private readonly inFlight = new Map<number, ChunkCopy>();
+  /** The run in flight per chunk (at most one). */
+  private readonly inFlight = new Map<number, CopyRun>();
+  /** Chunks in one run at most: one pooled buffer's worth. */
+  readonly maxRunChunks: number;
 
-  constructor(private readonly parts: ChunkCopyParts) {}
+  constructor(private readonly parts: ChunkCopyParts) {
+    this.maxRunChunks = Math.max(1, Math.floor(parts.pool.bufferSize / parts.chunkSize));
+  }
 
   /**
    * Before a write to chunks [first, last] of the origin, with `newest` the newest live
-   * snapshot: copy every chunk that snapshot still needs, then wait for the image
-   * readers of those chunks. null when there is nothing to wait for (the fast path
-   * allocates no promise). The returned promise never rejects and settles only when
-   * every copy this write started or joined has settled.
+   * snapshot: copy every chunk that snapshot still needs (adjacent ones as runs), then
+   * wait for the image readers of [first, last]. null when there is nothing to wait for
+   * (the fast path allocates no promise). The returned promise never rejects and settles
+   * only when every run this write started or joined has settled and no image reader
+   * reads a chunk of [first, last] from the origin; then every chunk of [first, last] is
+   * saved (or lost, or owned privately) through `newest`.
    */
   prepareWrite(first: number, last: number, newest: number): Promise<void> | null {
-    let copies: Array<Promise<void>> | null = null;
-    if (newest > 0) {
-      for (let c = first; c <= last; c++) {
-        const copy = this.copyFor(c, newest);
-        if (copy !== null) (copies ??= []).push(copy);
-      }
-    }
+    const copies = newest > 0 ? this.runsFor(first, last, newest) : null;
     if (copies === null && !this.anyReader(first, last)) return null;
     return this.settleThenDrainReaders(copies, first, last);
   }
@@ -127,60 +150,138 @@ export class ChunkCopies {
     return false;
   }
 
-  /** The copy a write must wait for before it changes `chunk`, or null when the chunk is saved through `newest`. */
-  private copyFor(chunk: number, newest: number): Promise<void> | null {
-    if (this.table.savedThrough(chunk) >= newest) return null;
-    const running = this.inFlight.get(chunk);
-    if (running === undefined) {
-      if (this.parts.ownedByAll(chunk, this.table.savedThrough(chunk), newest)) {
-        this.table.setSavedThrough(chunk, newest);
-        return null;
+  /**
+   * What a write to [first, last] must wait for so that every chunk of it is saved
+   * through `newest`: the runs it starts (maximal stretches of chunks needing a new
+   * copy, split at maxRunChunks), the runs in flight it joins, and, for chunks in a run
+   * for an older snapshot, that run followed by a second look. null: nothing.
+   */
+  private runsFor(first: number, last: number, newest: number): Array<Promise<void>> | null {
+    let waits: Array<Promise<void>> | null = null;
+    let joined: CopyRun | null = null;
+    let startFrom = -1; // first chunk of the run being gathered
+    let olderRun: CopyRun | null = null; // the older run the chunks from olderFrom wait for
+    let olderFrom = -1;
+    const startGathered = (end: number): void => {
+      if (startFrom < 0) return;
+      (waits ??= []).push(this.start(startFrom, end - startFrom, newest).settled);
+      startFrom = -1;
+    };
+    const lookAgainAfterOlder = (end: number): void => {
+      if (olderRun === null) return;
+      const from = olderFrom;
+      const to = end - 1;
+      (waits ??= []).push(olderRun.settled.then(() => this.settleAll(this.runsFor(from, to, newest))));
+      olderRun = null;
+    };
+    for (let c = first; c <= last; c++) {
+      const saved = this.table.savedThrough(c);
+      // Saved through newest: no run can be in flight for it (a run's chunks are saved below its hi).
+      const running = saved >= newest ? undefined : this.inFlight.get(c);
+      const older = running !== undefined && running.hi < newest ? running : null;
+      if (older !== olderRun) {
+        lookAgainAfterOlder(c);
+        if (older !== null) {
+          olderRun = older;
+          olderFrom = c;
+        }
       }
-      return this.start(chunk, newest).settled;
+      if (running !== undefined) {
+        startGathered(c);
+        // A run for the newest snapshot: join it (once, however many of its chunks we touch).
+        if (older === null && running !== joined) {
+          (waits ??= []).push(running.settled);
+          joined = running;
+        }
+        continue;
+      }
+      if (saved >= newest) {
+        startGathered(c);
+        continue;
+      }
+      if (this.parts.ownedByAll(c, saved, newest)) {
+        startGathered(c);
+        this.table.record(c, newest, LOST_SLOT);
+        continue;
+      }
+      if (startFrom >= 0 && c - startFrom >= this.maxRunChunks) startGathered(c);
+      if (startFrom < 0) startFrom = c;
     }
-    if (running.hi >= newest) return running.settled;
-    // A copy for an older snapshot: it cannot serve `newest`. Wait, then look again.
-    return running.settled.then(() => this.copyFor(chunk, newest) ?? undefined);
+    startGathered(last + 1);
+    lookAgainAfterOlder(last + 1);
+    return waits;
   }
 
-  private start(chunk: number, hi: number): ChunkCopy {
-    const copy = new ChunkCopy(chunk, this.table.savedThrough(chunk), hi);
-    this.inFlight.set(chunk, copy);
-    copy.settled = this.run(copy);
-    return copy;
+  private async settleAll(waits: Array<Promise<void>> | null): Promise<void> {
+    if (waits !== null) await Promise.allSettled(waits);
   }
 
-  /** copying -> saved | failed -> (savedThrough = hi) idle. Never rejects. */
-  private async run(copy: ChunkCopy): Promise<void> {
+  private start(first: number, count: number, hi: number): CopyRun {
+    const lo = new Uint32Array(count);
+    for (let i = 0; i < count; i++) lo[i] = this.table.savedThrough(first + i);
+    const run = new CopyRun(first, count, hi, lo);
+    for (let i = 0; i < count; i++) this.inFlight.set(first + i, run);
+    run.settled = this.copy(run);
+    return run;
+  }
+
+  /** copying -> settled (see the header). Never rejects. */
+  private async copy(run: CopyRun): Promise<void> {
     const { origin, store, chunkSize, originSize, pool } = this.parts;
-    const { chunk, lo, hi } = copy;
-    const buf = await pool.acquire();
-    let slot = -1;
+    const { first, count, hi } = run;
+    /** Per chunk of the run: its slot once written, or -1 (then it is lost). */
+    const slots = new Float64Array(count).fill(-1);
+    let failure: unknown = null;
+    const buf = pool.tryAcquire() ?? (await pool.acquire());
     try {
-      const start = chunk * chunkSize;
-      const length = Math.min(chunkSize, originSize - start);
-      await origin.read(buf, 0, length, start);
-      if (length < chunkSize) buf.fill(0, length);
-      slot = await store.prepare(); // may wait for automatic growth
-      this.parts.slotReused(slot);
-      await store.commit(slot, buf);
-      this.table.add(chunk, lo, hi, slot);
-      copy.state = 'saved';
+      const start = first * chunkSize;
+      const bytes = count * chunkSize;
+      const length = Math.min(bytes, originSize - start);
+      await origin.readForCopy(buf, 0, length, start);
+      if (length < bytes) buf.fill(0, length, bytes);
+      // Slots in a row where the allocator can give them; the rest of the run asks again.
+      for (let done = 0; done < count;) {
+        const piece = await store.prepareRun(count - done); // may wait for automatic growth
+        try {
+          for (let i = 0; i < piece.count; i++) this.parts.slotReused(piece.slot + i);
+          await store.commitRun(piece.slot, piece.count, buf.subarray(done * chunkSize, (done + piece.count) * chunkSize));
+        } catch (err) {
+          for (let i = 0; i < piece.count; i++) store.drop(piece.slot + i);
+          throw err;
+        }
+        for (let i = 0; i < piece.count; i++) slots[done + i] = piece.slot + i;
+        done += piece.count;
+      }
     } catch (err) {
-      copy.state = 'failed';
-      if (slot >= 0) store.drop(slot);
+      // The read, an allocation or a write failed: the chunks not written yet are lost.
+      failure = err;
+    } finally {
+      pool.release(buf);
+    }
+    // Settle every chunk of the run in one synchronous step (see the header).
+    let lostFrom = -1;
+    let lostLo = Infinity;
+    for (let i = 0; i < count; i++) {
+      const slot = slots[i] ?? -1;
+      this.table.record(first + i, hi, slot >= 0 ? slot : LOST_SLOT);
+      if (slot < 0) {
+        if (lostFrom < 0) lostFrom = i;
+        lostLo = Math.min(lostLo, run.lo[i] ?? 0);
+      }
+      if (this.inFlight.get(first + i) === run) this.inFlight.delete(first + i);
+    }
+    if (lostFrom >= 0) {
+      const lost = lostFrom === count - 1 ? `chunk ${first + lostFrom}` : `chunks ${first + lostFrom}..${first + count - 1}`;
       try {
-        this.parts.failed(lo, hi, err, `cannot save chunk ${chunk}`);
+        this.parts.failed(lostLo, hi, failure, `cannot save ${lost}`);
       } catch {
         // `failed` must not throw; if it does, the write still goes on
       }
-    } finally {
-      this.table.setSavedThrough(chunk, hi);
-      if (this.inFlight.get(chunk) === copy) this.inFlight.delete(chunk);
-      pool.release(buf);
     }
-    // A snapshot released while we copied may have left this copy serving nobody.
-    if (copy.state === 'saved' && !this.parts.needed(lo, hi)) this.sweep();
+    // A snapshot released while we copied may have left part of this run serving nobody.
+    let narrowest = 0;
+    for (const lo of run.lo) narrowest = Math.max(narrowest, lo);
+    if (!this.parts.needed(narrowest, hi)) this.sweep();
   }
 
   /**
@@ -190,12 +291,13 @@ export class ChunkCopies {
    */
   startRead(chunk: number, seq: number): ChunkSource {
     const slot = this.table.lookup(chunk, seq);
-    if (slot >= 0) return { from: 'saved', slot };
-    if (seq > this.table.savedThrough(chunk)) {
+    if (slot < 0) {
       this.readers.enter(chunk);
       return { from: 'origin' };
     }
-    return { from: 'lost' };
+    if (slot === LOST_SLOT) return { from: 'lost' };
+    if (slot === HOLE_SLOT) return { from: 'zeros' };
+    return { from: 'saved', slot };
   }
 
   doneReading(chunk: number): void {
@@ -204,7 +306,8 @@ export class ChunkCopies {
 
   /** The slot holding `chunk` as snapshot `seq` saw it, or -1 (for read-ahead: no registration). */
   savedSlot(chunk: number, seq: number): number {
-    return this.table.lookup(chunk, seq);
+    const slot = this.table.lookup(chunk, seq);
+    return slot === LOST_SLOT || slot === HOLE_SLOT ? -1 : slot;
   }
 
   /** Free every saved copy no live snapshot needs any more. */
@@ -216,7 +319,7 @@ export class ChunkCopies {
     return this.table.savedCopies;
   }
 
-  /** Copies in flight (none once every write has left the barrier). */
+  /** Chunks being copied (none once every write has left the barrier). */
   get copying(): number {
     return this.inFlight.size;
   }

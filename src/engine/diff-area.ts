@@ -6,12 +6,13 @@
  * references and their events are the registry's (snapshot-registry.ts).
  *
  * A write to the origin, as the data flows:
- *   gate.enter -> for each chunk a live snapshot still needs: save it once
- *   (chunk-copy.ts: single-flight per chunk: read origin -> prepare a slot -> commit
- *   (O_DIRECT write) -> record for all snapshots in (savedThrough, newest]; on failure
- *   corrupt those snapshots and go on) -> every copy settled -> wait for image readers
- *   still reading those chunks from the origin -> mark the change map -> write the
- *   origin -> gate.leave.
+ *   gate.enter -> the chunks a live snapshot still needs are saved once, adjacent ones
+ *   as one run (chunk-copy.ts: single-flight per chunk: one origin read of the run ->
+ *   slots in a row -> one O_DIRECT write -> each chunk recorded for the snapshots in
+ *   (its savedThrough, newest]; on failure corrupt exactly those that needed a lost
+ *   chunk and go on) -> every run settled -> wait for image readers still reading
+ *   those chunks from the origin -> mark the change map -> write the origin ->
+ *   gate.leave.
  * The origin write happens whatever became of the copy: the origin never pays for a
  * snapshot's trouble.
  *
@@ -20,8 +21,8 @@
  *   and by /control freeze (`freezer`), it protects the newest live sequence number a
  *   write copies for: no snapshot is taken while a write is between deciding what to
  *   copy and writing the origin, so every snapshot sees each write wholly or not at all.
- * - Each chunk's copy is single-flight (chunk-copy.ts): at most one copy per chunk in
- *   flight; later writes join it or wait for it.
+ * - Each chunk's copy is single-flight (chunk-copy.ts): at most one run in flight holds
+ *   a chunk; later writes join it or wait for it.
  * - Origin readers (origin-readers.ts) protect image reads that fetch a chunk from the
  *   origin: a write to that chunk waits for them after its copy and before its write.
  * - Each snapshot's private chunks (private-chunks.ts) are changed under a per-chunk
@@ -42,8 +43,13 @@ import type { LiveSnapshots } from './snapshot-registry.js';
 import type { Snapshot } from './snapshot.js';
 import { WriteBarrier } from './write-barrier.js';
 
-/** Memory allowed for chunk copies in flight (bounds concurrent copy-on-write). */
+/** Memory allowed for copy runs in flight (bounds concurrent copy-on-write). */
 const COPY_POOL_BYTES = 64 * 1024 * 1024;
+/**
+ * Longest copy run: one 1 MiB request of the kernel (max_write) is one run at 64 KiB
+ * chunks; larger writes are cut into runs of this size, copied side by side.
+ */
+const COPY_RUN_BYTES = 1024 * 1024;
 
 export interface DiffAreaParts {
   origin: OriginDevice;
@@ -56,6 +62,16 @@ export interface DiffAreaParts {
   snapshots: LiveSnapshots;
   /** Throws ESHUTDOWN unless the engine is open (checked again by a write that waited at the gate). */
   checkOpen(what: string): void;
+}
+
+/**
+ * Run buffers: whole chunks, COPY_RUN_BYTES (or one chunk, if larger) each, at most
+ * COPY_POOL_BYTES in all, made when first needed (a 4 KiB first touch touches only its
+ * chunk's pages of one).
+ */
+function copyRunPool(chunkSize: number): AlignedBufferPool {
+  const size = Math.max(chunkSize, Math.floor(COPY_RUN_BYTES / chunkSize) * chunkSize);
+  return new AlignedBufferPool(size, Math.max(2, Math.floor(COPY_POOL_BYTES / size)), { lazy: true });
 }
 
 export class DiffArea {
@@ -79,7 +95,7 @@ export class DiffArea {
       store,
       chunkSize: chunk,
       originSize: geometry.originSize,
-      pool: new AlignedBufferPool(chunk, Math.max(2, Math.min(32, Math.floor(COPY_POOL_BYTES / chunk)))),
+      pool: copyRunPool(chunk),
       slotReused,
       needed: (lo, hi) => snapshots.anyLiveIn(lo, hi),
       ownedByAll: (c, lo, hi) => snapshots.ownedByAllIn(c, lo, hi),

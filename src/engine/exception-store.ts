@@ -12,12 +12,18 @@
  *
  *   prepare   a slot for an exception about to be made; may wait for the space manager
  *             (automatic growth); ENOSPC when no space is coming.
+ *   prepareRun  1..n slots in a row in one file, for a run of adjacent chunks copied
+ *             with one write (chunk-copy.ts); the rest of the run asks again.
  *   commit    write the whole chunk into the slot; when it resolves the data is on the
  *             storage (O_DIRECT), so the caller may record the exception.
+ *   commitRun   the same for a run of slots from prepareRun: one O_DIRECT write.
  *   commitPart  rewrite aligned blocks of a committed slot. Only a snapshot's private
  *             chunk is ever rewritten: a saved copy serves several snapshots and is
  *             written once, whole.
- *   read      aligned bytes of a committed slot (dm remaps such reads to the COW device).
+ *   read      aligned bytes of a committed slot, running on into the following slots as
+ *             far as `contiguous` allows (dm remaps such reads to the COW device).
+ *   contiguous  how many slots from a slot on lie in a row in one file (image reads and
+ *             read-ahead read such slots with one request).
  *   drop      give the slot back; its bytes are garbage from then on.
  *   usage     how much space is in use, for the status and tests.
  *
@@ -28,7 +34,9 @@
  * (private-chunks.ts); this seam moves only space and bytes. A slot freed by `drop` may come back from a later `prepare` holding other
  * data; caches of slot contents are the caller's to invalidate (see `slotReused`).
  */
-import type { DiffStorage } from '../storage/diff-storage.js';
+import type { DiffStorage, SlotRun } from '../storage/diff-storage.js';
+
+export type { SlotRun } from '../storage/diff-storage.js';
 
 export interface ExceptionStoreUsage {
   /** Bytes of all slots. */
@@ -41,9 +49,12 @@ export interface ExceptionStoreUsage {
 export interface ExceptionStore {
   readonly chunkSize: number;
   prepare(): Promise<number>;
+  prepareRun(max: number): Promise<SlotRun>;
   commit(slot: number, chunk: Buffer): Promise<void>;
+  commitRun(slot: number, count: number, chunks: Buffer): Promise<void>;
   commitPart(slot: number, offset: number, length: number, data: Buffer): Promise<void>;
   read(slot: number, offset: number, length: number, into: Buffer): Promise<void>;
+  contiguous(slot: number, max: number): number;
   drop(slot: number): void;
   usage(): ExceptionStoreUsage;
 }
@@ -64,8 +75,16 @@ export class DiffStorageExceptions implements ExceptionStore {
     return this.storage.allocate();
   }
 
+  prepareRun(max: number): Promise<SlotRun> {
+    return this.storage.allocateRun(max);
+  }
+
   commit(slot: number, chunk: Buffer): Promise<void> {
     return this.storage.writeChunk(slot, chunk);
+  }
+
+  commitRun(slot: number, count: number, chunks: Buffer): Promise<void> {
+    return this.storage.writeSlots(slot, count, chunks);
   }
 
   commitPart(slot: number, offset: number, length: number, data: Buffer): Promise<void> {
@@ -74,6 +93,10 @@ export class DiffStorageExceptions implements ExceptionStore {
 
   read(slot: number, offset: number, length: number, into: Buffer): Promise<void> {
     return this.storage.readChunkPart(slot, offset, length, into);
+  }
+
+  contiguous(slot: number, max: number): number {
+    return this.storage.contiguousSlots(slot, max);
   }
 
   drop(slot: number): void {

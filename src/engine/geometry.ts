@@ -13,6 +13,8 @@ export const MAX_DEFAULT_CHUNKS = 2 ** 21;
 /** Default tracking block: at least 64 KiB, at most this many blocks (one byte each). */
 export const DEFAULT_MIN_BLOCK = 64 * 1024;
 export const MAX_DEFAULT_BLOCKS = 2 ** 21;
+/** Chunk indexes are kept in 32 bits (copy-table.ts): a chunk_size that makes more is refused. */
+export const MAX_CHUNKS = 0xffffffff;
 
 export function isPowerOfTwo(n: number): boolean {
   // log2 of an exact power of two is exact in IEEE doubles, and works past 2^31.
@@ -43,6 +45,9 @@ export interface Geometry {
 export function deriveGeometry(originSize: number, chunkSize?: number, blockSize?: number): Geometry {
   const chunk = chunkSize === undefined ? defaultUnit(originSize, DEFAULT_MIN_CHUNK, MAX_DEFAULT_CHUNKS) : checkUnit('chunk_size', chunkSize);
   const block = blockSize === undefined ? defaultUnit(originSize, DEFAULT_MIN_BLOCK, MAX_DEFAULT_BLOCKS) : checkUnit('block_size', blockSize);
+  if (Math.ceil(originSize / chunk) > MAX_CHUNKS) {
+    throw BlksnapError.of('EINVAL', `chunk_size ${chunk} cuts this origin into more than ${MAX_CHUNKS} chunks; use a larger chunk_size`);
+  }
   return {
     originSize,
     chunkSize: chunk,

@@ -86,7 +86,11 @@ export class ImageWrites {
   private async reserve(n: number): Promise<number[]> {
     const slots: number[] = [];
     try {
-      while (slots.length < n) slots.push(await this.parts.store.prepare());
+      // In runs where the allocator has them, so that later reads of these chunks are runs too.
+      while (slots.length < n) {
+        const run = await this.parts.store.prepareRun(n - slots.length);
+        for (let i = 0; i < run.count; i++) slots.push(run.slot + i);
+      }
     } catch (err) {
       for (const slot of slots) this.parts.store.drop(slot);
       throw err;
@@ -149,6 +153,9 @@ export class ImageWrites {
         if (length < chunkSize) into.fill(0, length);
         return;
       }
+      case 'zeros':
+        into.fill(0, 0, chunkSize);
+        return;
       case 'lost':
         throw BlksnapError.of('EIO', `snapshot ${snap.name} lost chunk ${chunk}`);
     }
