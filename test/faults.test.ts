@@ -21,6 +21,7 @@ import { randomBytes } from 'node:crypto';
 import { CLI, KiB, MiB, daemonPids, isMounted, makeImage, mountImage, readRange, run, type Mounted } from './helpers/fixture.js';
 import { EventTail } from './helpers/events.js';
 import { startFaultFs, type FaultFs } from './helpers/fault-fs.js';
+import { HEADER_BYTES } from '../src/storage/storage-mark.js';
 
 const CHUNK = 64 * KiB;
 const ORIGIN_SIZE = 4 * MiB;
@@ -212,6 +213,25 @@ test('difference storage EIO on write: the snapshot that needed the copy is corr
   await s.ffs.heal();
   await take(s, 'c');
   t.is(await writeChunk(s, 1), null);
+  await verify(t, s, { b: 'EIO' });
+});
+
+test('difference storage EIO halfway through a run\'s O_DIRECT write: exactly the snapshot that needed the run is corrupted', async (t) => {
+  const s = await setUp(t, { options: 'diff_size=8M,chunk_size=64K', diffOnFaultFs: true });
+  await take(s, 'a');
+  t.is(await writeBytes(s, 0, MiB), null); // chunks 0..15, one run into slots 0..15, for a
+  await take(s, 'b'); // b needs chunks 0..15 again; a does not
+  // The next run lands in slots 16..31: its write fails from its second half on.
+  const run = HEADER_BYTES + 16 * CHUNK;
+  await s.ffs.fail({ file: 'disk.diff', op: 'write', errno: 'EIO', from: run + MiB / 2, to: run + MiB });
+  t.is(await writeBytes(s, 0, MiB), null, 'the origin write succeeds although its run could not be stored');
+  t.true(await s.ffs.fired() > 0, 'the fault fired');
+  const diff = await fsp.readFile(s.ffs.backingPath('disk.diff'));
+  t.true(diff.subarray(run, run + MiB / 2).equals(s.taken.get('b')?.subarray(0, MiB / 2) ?? Buffer.alloc(0)), 'its first half did reach the storage');
+  await s.ffs.heal();
+  t.is(await writeBytes(s, MiB, MiB), null, 'a run for a and b, written');
+  await take(s, 'c');
+  t.is(await writeBytes(s, MiB / 2, MiB), null, 'runs for c');
   await verify(t, s, { b: 'EIO' });
 });
 
