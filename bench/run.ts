@@ -24,7 +24,7 @@ import { ROOT } from './lib/blksnapfs.js';
 import { must, run, stopping } from './lib/proc.js';
 import { ensureTools, fio, GiB, MiB } from './lib/tools.js';
 import { failures } from './phases/common.js';
-import { seqRead, seqWrite } from './phases/sequential.js';
+import { seqRead, seqWrite, STORAGE_BOUND } from './phases/sequential.js';
 import { randomWrite } from './phases/random.js';
 import { chunkMemory, multiSnapshot, takeAndOriginMemory } from './phases/snapshots.js';
 
@@ -121,7 +121,7 @@ async function main(): Promise<number> {
 
   // Read before this run may overwrite it: the dd rows are judged against it.
   const previous = await previousRun(join(ROOT, 'bench', 'results', 'latest-full.json'));
-  await ensureTools(log);
+  await ensureTools(log, { qsd: args.qsd });
   const base = process.env['BLKSNAPFS_BENCH_DIR'] ?? '/var/tmp/blksnapfs-bench';
   await fsp.mkdir(base, { recursive: true });
   const needed = (args.quick ? 3 : 12) * GiB;
@@ -179,7 +179,7 @@ async function main(): Promise<number> {
 
   meta.finished = new Date().toISOString();
   meta.loadavg_end = loadavg();
-  const targets = evaluateTargets(rec, { bigOrigin: '16 TiB', smallOrigin: '1 GiB', flatToleranceMiB: 2, previous, seqBytes: cfg.size });
+  const targets = evaluateTargets(rec, { bigOrigin: '16 TiB', smallOrigin: '1 GiB', flatToleranceMiB: 2, previous, seqBytes: cfg.size, storageBound: STORAGE_BOUND });
   const markdown = [
     `## blksnapfs bench, ${cfg.mode} run, ${meta.started}`,
     '',

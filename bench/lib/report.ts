@@ -7,8 +7,11 @@ import { systemLabel, type Cell, type DaemonSample, type Recorder, type Row, typ
 import { median, MiB } from './tools.js';
 
 export interface Target {
-  /** 'transport': the targets of the libfuse 3 transport (issue 8); 'earlier': the ones before it. */
-  group: 'transport' | 'earlier';
+  /**
+   * 'runs': the targets of copy runs (issue 17); 'transport': those of the libfuse 3
+   * transport (issue 8); 'earlier': the ones before it.
+   */
+  group: 'runs' | 'transport' | 'earlier';
   name: string;
   measured: string;
   goal: string;
@@ -164,8 +167,44 @@ function transportTargets(rec: Recorder, previous: PreviousRun | null, seqBytes:
   return t;
 }
 
-export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallOrigin: string; flatToleranceMiB: number; previous: PreviousRun | null; seqBytes: number }): Target[] {
-  const t: Target[] = transportTargets(rec, opts.previous, opts.seqBytes);
+/** A memory row against an upper bound, in bytes. */
+function atMost(rec: Recorder, group: Target['group'], name: string, id: string, max: number, note: string): Target {
+  const v = rec.get(id, 'blksnapfs');
+  const goal = `<= ${max} B`;
+  if (v === null) return { group, name, measured: 'n/a', goal, pass: null, note: rec.getRow(id)?.cells.blksnapfs?.na ?? 'not measured in this run' };
+  return { group, name, measured: `${v.toFixed(1)} B`, goal, pass: v <= max, note };
+}
+
+/**
+ * Issue 17 (copy runs): the first-write, first-touch and image-read ratios against qsd
+ * and the raw file, the memory bounds, and the first writes as a fraction of the
+ * storage's own O_DIRECT write bandwidth (the physical bound: information, not a goal).
+ */
+function runsTargets(rec: Recorder, storageBound: string): Target[] {
+  const g = 'runs' as const;
+  const t: Target[] = [
+    ratioTarget(rec, 'first write, fio 1M qd4: blksnapfs / qsd', ['sw.fio.first', 'blksnapfs'], ['sw.fio.first', 'qsd'], 1.5, g),
+    ratioTarget(rec, 'first write, dd 1M: blksnapfs / qsd', ['sw.dd.first', 'blksnapfs'], ['sw.dd.first', 'qsd'], 1.5, g),
+    ratioTarget(rec, 'first touch 4K qd1: blksnapfs / qsd', ['rw.qd1.first', 'blksnapfs'], ['rw.qd1.first', 'qsd'], 1.2, g),
+    ratioTarget(rec, 'first touch 4K qd16: blksnapfs / qsd', ['rw.qd16.first', 'blksnapfs'], ['rw.qd16.first', 'qsd'], 1.5, g),
+    ratioTarget(rec, 'image seq read fio 1M qd4, half saved: blksnapfs / qsd', ['sr.fio.image', 'blksnapfs'], ['sr.fio.image', 'qsd'], 1.5, g),
+    ratioTarget(rec, 'image seq read fio 1M qd4, half saved: blksnapfs / raw file', ['sr.fio.image', 'blksnapfs'], ['sr.fio.origin', 'raw'], 0.8, g),
+    atMost(rec, g, 'retained memory per saved chunk, scattered, default geometry', 'mem.retained.1', 64, 'the copy table after a forced GC (lib/retained-probe.ts)'),
+    atMost(rec, g, 'peak RSS per saved chunk (4K chunks)', 'mem.per-chunk', 64, `VmHWM with a snapshot minus without, over ${rec.getRow('mem.per-chunk')?.facts['saved_chunks'] ?? '?'} saved chunks`),
+  ];
+  for (const [id, what] of [['sw.fio.first', 'fio 1M qd4'], ['sw.dd.first', 'dd 1M']] as const) {
+    const x = rec.get(id, 'blksnapfs');
+    const y = rec.get(storageBound, 'raw');
+    const name = `first write, ${what}: blksnapfs / the storage's O_DIRECT write bound`;
+    t.push(x === null || y === null || y === 0
+      ? { group: g, name, measured: 'n/a', goal: 'information', pass: null, note: 'not measured in this run' }
+      : { group: g, name, measured: `${(x / y).toFixed(2)} (${x.toFixed(0)} / ${y.toFixed(0)} MiB/s)`, goal: 'information', pass: null, note: 'a first write writes each byte twice: into the storage (O_DIRECT, fresh preallocated space) and into the origin' });
+  }
+  return t;
+}
+
+export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallOrigin: string; flatToleranceMiB: number; previous: PreviousRun | null; seqBytes: number; storageBound: string }): Target[] {
+  const t: Target[] = [...runsTargets(rec, opts.storageBound), ...transportTargets(rec, opts.previous, opts.seqBytes)];
   // The fio rows of these are transport targets above; dd keeps its earlier ones.
   t.push(ratioTarget(rec, 'origin seq write, no snapshot (dd): blksnapfs / qsd', ['sw.dd.nosnap', 'blksnapfs'], ['sw.dd.nosnap', 'qsd'], 1.0));
   t.push(ratioTarget(rec, 'first write under snapshot (dd): blksnapfs / qsd', ['sw.dd.first', 'blksnapfs'], ['sw.dd.first', 'qsd'], 1.2));
@@ -224,6 +263,7 @@ export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallO
 export function renderTargets(targets: readonly Target[]): string {
   const out: string[] = [];
   const groups: Array<[Target['group'], string]> = [
+    ['runs', '### Targets of copy runs (issue 17; ratios within this run)'],
     ['transport', '### Targets of the libfuse 3 transport (ratios within this run)'],
     ['earlier', '### Earlier targets (ratios within this run; blksnapfs = the default transport)'],
   ];

@@ -10,11 +10,14 @@ export const MiB = 1024 * KiB;
 export const GiB = 1024 * MiB;
 export const TiB = 1024 * GiB;
 
-/** Install fio and qemu-storage-daemon with apt-get when they are missing (idempotent). */
-export async function ensureTools(log: (s: string) => void): Promise<void> {
+/**
+ * Install fio, and qemu-storage-daemon unless the run leaves it out (`qsd` false), with
+ * apt-get when they are missing (idempotent).
+ */
+export async function ensureTools(log: (s: string) => void, opts: { qsd: boolean } = { qsd: true }): Promise<void> {
   const missing: string[] = [];
   if ((await run('sh', ['-c', 'command -v fio'])).code !== 0) missing.push('fio');
-  if ((await run('sh', ['-c', 'command -v qemu-storage-daemon'])).code !== 0) missing.push('qemu-system-common');
+  if (opts.qsd && (await run('sh', ['-c', 'command -v qemu-storage-daemon'])).code !== 0) missing.push('qemu-system-common');
   if (missing.length === 0) return;
   log(`installing ${missing.join(' ')} (apt-get)`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };

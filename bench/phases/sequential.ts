@@ -2,14 +2,19 @@
  * Sequential 1 MiB streams: dd (bs=1M, conv=fdatasync for writes) and fio (1 MiB,
  * O_DIRECT, libaio, queue depth 4). Writes: on the raw file, on each system's origin
  * with no snapshot, under a fresh snapshot (the first write to every chunk: the copy
- * path), and again under that snapshot (every chunk already saved). Reads: the raw
- * file, each origin, and each snapshot image after half of its chunks (every other
- * one) were overwritten, so every 1 MiB read is served from both the saved copies and
- * the origin.
+ * path), and again under that snapshot (every chunk already saved). Also the physical
+ * bound of a first write: fio 1M O_DIRECT into a freshly preallocated file on the
+ * storage's file system, which is what every copy run does to the difference storage.
+ * Reads: the raw file, each origin, and each snapshot image after half of its chunks
+ * (every other one) were overwritten, so every 1 MiB read is served from both the saved
+ * copies and the origin.
  */
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
 import type { Ctx } from '../lib/context.js';
 import { bsfSystems, mountBsf, startQsd } from '../lib/context.js';
 import { ddRead, ddWrite, fio, MiB } from '../lib/tools.js';
+import { must } from '../lib/proc.js';
 import { measure, session } from './common.js';
 
 const SECTION_W = 'Sequential write';
@@ -39,6 +44,24 @@ async function overwriteHalf(path: string, bytes: number, chunk: number): Promis
   await fio({ filename: path, rw: 'write', bs: String(chunk), iodepth: 4, size: bytes, extra: [`--rw=write:${chunk}`] });
 }
 
+/** The row of the storage's own O_DIRECT write bandwidth (see the header). */
+export const STORAGE_BOUND = 'sw.storage-bound';
+
+/**
+ * fio 1M O_DIRECT qd4 into a new file preallocated with fallocate in the scratch
+ * directory (where every difference storage of the run lives), as a copy run writes
+ * into the difference storage: first writes into unwritten extents. MiB/s.
+ */
+async function writePreallocated(ctx: Ctx, bytes: number): Promise<number> {
+  const file = join(ctx.dir, 'storage-bound.img');
+  await must('fallocate', ['-l', String(bytes), file]);
+  try {
+    return (await fio({ filename: file, rw: 'write', bs: '1M', iodepth: 4, size: bytes })).mibs;
+  } finally {
+    await fsp.rm(file, { force: true });
+  }
+}
+
 export async function seqWrite(ctx: Ctx): Promise<void> {
   const { size, reps, chunk } = ctx.cfg;
   const gib = `${size / MiB} MiB`;
@@ -49,14 +72,17 @@ export async function seqWrite(ctx: Ctx): Promise<void> {
     ctx.rec.row(id(tool, 'first'), { ...spec, state: 'snapshot held, first write' });
     ctx.rec.row(id(tool, 'over'), { ...spec, state: 'snapshot held, overwrite' });
   }
+  const bound = STORAGE_BOUND;
+  ctx.rec.row(bound, { section: SECTION_W, workload: `seq write ${gib}`, tool: 'fio 1M O_DIRECT qd4', state: 'a preallocated file on the storage\'s file system (the bound of a first write)', unit: 'MiB/s' });
   const hwm = 'mem.after-first-write';
   ctx.rec.row(hwm, { section: 'Memory', workload: `daemon VmHWM after first write of ${gib}`, tool: `chunk ${chunk / 1024}K`, state: 'snapshot held', unit: 'MiB' });
   const all = TOOLS.flatMap((t) => ['nosnap', 'first', 'over'].map((s) => id(t, s)));
 
   for (let rep = 1; rep <= reps; rep++) {
     ctx.log(`seq write: repetition ${rep}/${reps}`);
-    await session(ctx, 'raw', all, async () => {
+    await session(ctx, 'raw', [...all, bound], async () => {
       for (const tool of TOOLS) await measure(ctx, id(tool, 'nosnap'), 'raw', () => write(tool, ctx.image, size));
+      await measure(ctx, bound, 'raw', () => writePreallocated(ctx, size));
     });
     for (const { system, transport } of bsfSystems(ctx)) {
       await session(ctx, system, [...all, hwm], async (scope) => {
