@@ -138,7 +138,8 @@ export class ChunkCopies {
   }
 
   private async settleThenDrainReaders(copies: Array<Promise<void>> | null, first: number, last: number): Promise<void> {
-    if (copies !== null) await Promise.allSettled(copies);
+    // Runs never reject (see the header): one is awaited as it is, several all settled.
+    if (copies !== null) await (copies.length === 1 ? copies[0] : Promise.allSettled(copies));
     for (let c = first; c <= last; c++) {
       const idle = this.readers.idle(c);
       if (idle !== null) await idle;
@@ -241,7 +242,8 @@ export class ChunkCopies {
       if (length < bytes) buf.fill(0, length, bytes);
       // Slots in a row where the allocator can give them; the rest of the run asks again.
       for (let done = 0; done < count;) {
-        const piece = await store.prepareRun(count - done); // may wait for automatic growth
+        // Without a promise when there is space now; else it may wait for automatic growth.
+        const piece = store.tryPrepareRun(count - done) ?? (await store.prepareRun(count - done));
         try {
           for (let i = 0; i < piece.count; i++) this.parts.slotReused(piece.slot + i);
           await store.commitRun(piece.slot, piece.count, buf.subarray(done * chunkSize, (done + piece.count) * chunkSize));

@@ -14,6 +14,7 @@
  *             (automatic growth); ENOSPC when no space is coming.
  *   prepareRun  1..n slots in a row in one file, for a run of adjacent chunks copied
  *             with one write (chunk-copy.ts); the rest of the run asks again.
+ *             `tryPrepareRun` is the same without waiting (null: none now).
  *   commit    write the whole chunk into the slot; when it resolves the data is on the
  *             storage (O_DIRECT), so the caller may record the exception.
  *   commitRun   the same for a run of slots from prepareRun: one O_DIRECT write.
@@ -50,6 +51,7 @@ export interface ExceptionStore {
   readonly chunkSize: number;
   prepare(): Promise<number>;
   prepareRun(max: number): Promise<SlotRun>;
+  tryPrepareRun(max: number): SlotRun | null;
   commit(slot: number, chunk: Buffer): Promise<void>;
   commitRun(slot: number, count: number, chunks: Buffer): Promise<void>;
   commitPart(slot: number, offset: number, length: number, data: Buffer): Promise<void>;
@@ -77,6 +79,10 @@ export class DiffStorageExceptions implements ExceptionStore {
 
   prepareRun(max: number): Promise<SlotRun> {
     return this.storage.allocateRun(max);
+  }
+
+  tryPrepareRun(max: number): SlotRun | null {
+    return this.storage.tryAllocateRun(max);
   }
 
   commit(slot: number, chunk: Buffer): Promise<void> {

@@ -154,7 +154,7 @@ export class DiffStorage {
   }
 
   /** Take up to `max` slots contiguous in one file, without waiting; null when none is left. */
-  private takeRun(max: number): SlotRun | null {
+  tryAllocateRun(max: number): SlotRun | null {
     let run: SlotRun | null = null;
     if (this.freeSlots.length > 0) {
       if (this.freeUnsorted) {
@@ -201,7 +201,7 @@ export class DiffStorage {
   async allocateRun(max: number): Promise<SlotRun> {
     if (!Number.isSafeInteger(max) || max < 1) throw new Error(`bug: a run of ${max} slots`);
     for (;;) {
-      const run = this.takeRun(max);
+      const run = this.tryAllocateRun(max);
       if (run !== null) return run;
       const more = this.manager?.whenMore() ?? null;
       if (more === null) throw BlksnapError.of('ENOSPC', 'difference storage is full');
