@@ -83,6 +83,8 @@ export class ImageReads {
   private readonly windowCache = new SavedWindowCache();
   /** Where each snapshot's next sequential image read would start. */
   private readonly nextImageRead = new WeakMap<Snapshot, number>();
+  /** The chunk up to which a sequential reader's origin chunks were hinted to the kernel. */
+  private readonly hintedTo = new WeakMap<Snapshot, number>();
   private readonly chunkSize: number;
 
   constructor(private readonly parts: ImageReadParts) {
@@ -256,20 +258,34 @@ export class ImageReads {
   /**
    * Queue reads of the saved chunks from chunk `from` on (READ_AHEAD_BYTES of image), in
    * storage order and in spans of slots in a row (see SavedReadAhead), and hint the
-   * kernel about the origin's chunks in the same window.
+   * kernel about the origin's chunks of the window that were not hinted yet.
    */
   private readAheadImage(snap: Snapshot, from: number): void {
     const { sources, store, origin, geometry } = this.parts;
     const cs = this.chunkSize;
     const to = Math.min(geometry.chunkCount - 1, from + Math.max(1, Math.floor(READ_AHEAD_BYTES / cs)) - 1);
+    const hinted = this.hintedTo.get(snap) ?? -1;
+    const hintFrom = hinted >= from && hinted <= to + 1 ? hinted : from;
     const slots: number[] = [];
-    let originChunks = 0;
-    for (let c = from; c <= to; c++) {
-      if (snap.privateChunks.slotOf(c) >= 0) continue; // read from its own copy, never cached
-      const slot = sources.savedSlot(c, snap.seq);
-      if (slot >= 0) slots.push(slot);
-      else originChunks++;
+    let originRun = -1; // first chunk of the origin chunks being gathered for a hint
+    for (let c = from; c <= to + 1; c++) {
+      let fromOrigin = false;
+      // Private chunks are read from their own copy, never cached.
+      if (c <= to && snap.privateChunks.slotOf(c) < 0) {
+        const slot = sources.savedSlot(c, snap.seq);
+        if (slot >= 0) slots.push(slot);
+        else fromOrigin = true;
+      }
+      // The kernel's own read-ahead loses track of a reader that skips the saved chunks:
+      // hint each stretch of origin chunks once (saved chunks' origin data is not needed).
+      if (fromOrigin && c >= hintFrom) {
+        if (originRun < 0) originRun = c;
+      } else if (originRun >= 0) {
+        origin.willNeed(originRun * cs, (c - originRun) * cs);
+        originRun = -1;
+      }
     }
+    this.hintedTo.set(snap, to + 1);
     slots.sort((a, b) => a - b);
     const unit = this.readAhead.unit;
     for (let i = 0; i < slots.length;) {
@@ -291,8 +307,6 @@ export class ImageReads {
         s = e;
       }
     }
-    // The kernel's own read-ahead loses track of a reader that skips the saved chunks.
-    if (originChunks > 0) origin.willNeed(from * cs, (to - from + 1) * cs);
   }
 
   /**
