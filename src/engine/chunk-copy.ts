@@ -230,7 +230,7 @@ export class ChunkCopies {
   private async copy(run: CopyRun): Promise<void> {
     const { origin, store, chunkSize, originSize, pool } = this.parts;
     const { first, count, hi } = run;
-    /** Per chunk of the run: its slot once written, or -1 (then it is lost). */
+    /** Per chunk of the run: its slot once written (or HOLE_SLOT), or -1 (then it is lost). */
     const slots = new Float64Array(count).fill(-1);
     let failure: unknown = null;
     const buf = pool.tryAcquire() ?? (await pool.acquire());
@@ -241,9 +241,18 @@ export class ChunkCopies {
       await origin.readForCopy(buf, 0, length, start);
       if (length < bytes) buf.fill(0, length, bytes);
       // Slots in a row where the allocator can give them; the rest of the run asks again.
+      // Only chunks still without a slot value get one (issue 16 will settle chunks that
+      // were all hole with HOLE_SLOT here, before this loop: the run then writes the
+      // stretches between them).
       for (let done = 0; done < count;) {
+        if ((slots[done] ?? -1) !== -1) {
+          done++;
+          continue;
+        }
+        let end = done + 1;
+        while (end < count && slots[end] === -1) end++;
         // Without a promise when there is space now; else it may wait for automatic growth.
-        const piece = store.tryPrepareRun(count - done) ?? (await store.prepareRun(count - done));
+        const piece = store.tryPrepareRun(end - done) ?? (await store.prepareRun(end - done));
         try {
           for (let i = 0; i < piece.count; i++) this.parts.slotReused(piece.slot + i);
           await store.commitRun(piece.slot, piece.count, buf.subarray(done * chunkSize, (done + piece.count) * chunkSize));
@@ -262,18 +271,20 @@ export class ChunkCopies {
     }
     // Settle every chunk of the run in one synchronous step (see the header).
     let lostFrom = -1;
+    let lostTo = -1;
     let lostLo = Infinity;
     for (let i = 0; i < count; i++) {
       const slot = slots[i] ?? -1;
       this.table.record(first + i, hi, slot >= 0 ? slot : LOST_SLOT);
       if (slot < 0) {
         if (lostFrom < 0) lostFrom = i;
+        lostTo = i;
         lostLo = Math.min(lostLo, run.lo[i] ?? 0);
       }
       if (this.inFlight.get(first + i) === run) this.inFlight.delete(first + i);
     }
     if (lostFrom >= 0) {
-      const lost = lostFrom === count - 1 ? `chunk ${first + lostFrom}` : `chunks ${first + lostFrom}..${first + count - 1}`;
+      const lost = lostFrom === lostTo ? `chunk ${first + lostFrom}` : `chunks ${first + lostFrom}..${first + lostTo}`;
       try {
         this.parts.failed(lostLo, hi, failure, `cannot save ${lost}`);
       } catch {
