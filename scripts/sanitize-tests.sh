@@ -20,7 +20,7 @@ status=0
 BLKSNAPFS_DAEMON_PRELOAD="$runtime" \
   ASAN_OPTIONS="detect_leaks=0:log_path=$logs/asan" \
   UBSAN_OPTIONS="print_stacktrace=1:log_path=$logs/ubsan" \
-  TSAN_OPTIONS="log_path=$logs/tsan:report_signal_unsafe=0" \
+  TSAN_OPTIONS="log_path=$logs/tsan:report_signal_unsafe=0:suppressions=$(pwd)/scripts/tsan.supp" \
   npx ava "$@" || status=$?
 node scripts/build-native.mjs >/dev/null || status=1
 if compgen -G "$logs/*" >/dev/null; then

@@ -110,12 +110,18 @@ export class ChangeTracker {
     return { generationId: this.generation, generationStarted: this.started, generationReason: this.reason, activeNumber: this.active, map: this.map };
   }
 
-  /** Mark the blocks covering [offset, offset + length) as changed in this period. */
+  /**
+   * Mark the blocks covering [offset, offset + length) as changed in this period. One
+   * atomic store per block that is not marked yet, not a fill: the native fast path
+   * marks the same bytes from its threads at the same time (with the same value).
+   */
   mark(offset: number, length: number): void {
     if (length <= 0) return;
     const first = Math.floor(offset / this.blockSize);
     const last = Math.min(this.blockCount - 1, Math.floor((offset + length - 1) / this.blockSize));
-    this.map.fill(this.active, first, last + 1);
+    const map = this.map;
+    const active = this.active;
+    for (let b = first; b <= last; b++) if (map[b] !== active) Atomics.store(map, b, active);
   }
 
   /** End the period: return the map as of now, and start the next period. */
