@@ -10,7 +10,7 @@ import { BlksnapError, asBlksnapError } from '../errors.js';
 import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
 import { readFully, writeFully } from './io.js';
 import { majorMinor } from './devnum.js';
-import { readsAreRandom, willNeed } from './readahead-hint.js';
+import { willNeed } from './readahead-hint.js';
 
 export type OriginKind = 'file' | 'block-device';
 
@@ -41,26 +41,6 @@ async function readDiskseq(rdev: string): Promise<number | null> {
   }
 }
 
-/**
- * A second read-only descriptor of what `file` has open, with read-ahead off; null if
- * the kernel refuses (the main descriptor then serves every read).
- */
-async function openRandomReader(file: fsp.FileHandle): Promise<fsp.FileHandle | null> {
-  let second: fsp.FileHandle;
-  try {
-    second = await fsp.open(`/proc/self/fd/${file.fd}`, fsc.O_RDONLY);
-  } catch {
-    return null;
-  }
-  try {
-    readsAreRandom(second.fd);
-    return second;
-  } catch {
-    await second.close();
-    return null;
-  }
-}
-
 /** The cause of the EBUSY when another blksnapfs daemon holds the origin's lock. */
 const LOCKED = Symbol('origin locked by blksnapfs');
 
@@ -73,21 +53,11 @@ export class OriginDevice {
   readonly identity: OriginIdentity;
   readonly readOnly: boolean;
   private readonly file: fsp.FileHandle;
-  /**
-   * The same open origin again (through /proc/self/fd, so the same inode or device,
-   * whatever the path says now), without read-ahead, for copy-on-write reads that do not
-   * continue a stream (see `readForCopy`). null when the origin is read-only (no copies)
-   * or it could not be opened (then the main descriptor serves).
-   */
-  private readonly randomFile: fsp.FileHandle | null;
-  /** Where the last copy-on-write read ended: a read starting there continues a stream. */
-  private copyReadEnd = -1;
 
-  private constructor(file: fsp.FileHandle, identity: OriginIdentity, readOnly: boolean, randomFile: fsp.FileHandle | null) {
+  private constructor(file: fsp.FileHandle, identity: OriginIdentity, readOnly: boolean) {
     this.file = file;
     this.identity = identity;
     this.readOnly = readOnly;
-    this.randomFile = randomFile;
   }
 
   get size(): number {
@@ -143,7 +113,7 @@ export class OriginDevice {
         uid: fst.uid,
         gid: fst.gid,
       };
-      return new OriginDevice(file, identity, options.readOnly, options.readOnly ? null : await openRandomReader(file));
+      return new OriginDevice(file, identity, options.readOnly);
     } catch (err) {
       await file.close();
       throw err;
@@ -156,21 +126,6 @@ export class OriginDevice {
 
   write(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
     return writeFully(this.file, buf, offset, length, position);
-  }
-
-  /**
-   * A read of old contents for copy-on-write. With the default read-ahead of a disk
-   * (often megabytes), a lone cold 64 KiB copy read through a buffered descriptor reads
-   * 256 KiB or more, costing it about a quarter more time (bench/README.md, "First touch
-   * at qd1"); so a read that does not start where the previous copy read ended goes
-   * through a descriptor without read-ahead. A stream of copies (a sequential writer)
-   * keeps the main descriptor and the kernel's read-ahead, which then reads its next
-   * chunks ahead. Both descriptors share the page cache, so what is read is the same.
-   */
-  readForCopy(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-    const stream = position === this.copyReadEnd;
-    this.copyReadEnd = position + length;
-    return readFully(stream || this.randomFile === null ? this.file : this.randomFile, buf, offset, length, position);
   }
 
   /**
@@ -195,7 +150,6 @@ export class OriginDevice {
       if (!this.readOnly) await this.file.datasync();
     } finally {
       unlock(this.file.fd);
-      await this.randomFile?.close();
       await this.file.close();
     }
   }
