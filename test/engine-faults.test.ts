@@ -100,11 +100,11 @@ test('a copy that fails while another copy of the same write is in flight: a sna
   // Chunk 1 saved already: the write below copies chunks 0 (A) and 2 (B) as two runs.
   await write(engine, CHUNK, randomBytes(CHUNK));
   const origin = engine.origin;
-  const plainRead = origin.readForCopy.bind(origin);
+  const plainRead = origin.read.bind(origin);
   let failedA!: () => void;
   const aFailed = new Promise<void>((r) => (failedA = r));
   let slowB = true;
-  origin.readForCopy = async (buf, offset, length, position) => {
+  origin.read = async (buf, offset, length, position) => {
     if (position === 0 && length === CHUNK) {
       failedA();
       throw BlksnapError.of('EIO', 'injected: origin read error in chunk A');
@@ -213,8 +213,8 @@ test('chunk copies: a write for a newer snapshot never joins a copy in flight fo
   // snapshot 1 as the newest, the second snapshot 2, while the first copy is in flight.
   const { engine } = await openEngine(t, { size: 1 * MiB, chunkSize: CHUNK, diffSize: 2 * MiB });
   const origin = engine.origin;
-  const plainRead = origin.readForCopy.bind(origin);
-  origin.readForCopy = async (buf, offset, length, position) => {
+  const plainRead = origin.read.bind(origin);
+  origin.read = async (buf, offset, length, position) => {
     await sleep(50);
     return plainRead(buf, offset, length, position);
   };

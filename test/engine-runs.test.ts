@@ -3,8 +3,8 @@
  * one origin read and one O_DIRECT write into slots in a row; runs stop at chunks that
  * need no copy (saved, in flight, owned privately); concurrent writes join runs; a run
  * settles all its chunks at once; a run whose write fails corrupts exactly the
- * snapshots that needed it. Requests are counted by wrapping the origin's copy reads
- * and the storage's run writes; faults are injected the same way.
+ * snapshots that needed it. Requests are counted by wrapping the origin's reads and the
+ * storage's run writes; faults are injected the same way.
  */
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
@@ -39,13 +39,16 @@ function gate(): { open: () => void; opened: Promise<void> } {
   return { open, opened };
 }
 
-/** Count the copy reads ([position, length] in chunks) and run writes ([slot, count]) of an engine. */
+/**
+ * Count the origin reads ([position, length] in chunks: only copies read the origin while
+ * nothing reads an image) and the run writes ([slot, count]) of an engine.
+ */
 function countRequests(engine: SnapshotEngine, hold?: Promise<void>): { reads: Array<[number, number]>; writes: Array<[number, number]> } {
   const reads: Array<[number, number]> = [];
   const writes: Array<[number, number]> = [];
   const origin = engine.origin;
-  const plainRead = origin.readForCopy.bind(origin);
-  origin.readForCopy = async (buf, offset, length, position) => {
+  const plainRead = origin.read.bind(origin);
+  origin.read = async (buf, offset, length, position) => {
     reads.push([position / CHUNK, length / CHUNK]);
     if (hold !== undefined) await hold;
     return plainRead(buf, offset, length, position);

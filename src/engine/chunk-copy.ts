@@ -238,7 +238,7 @@ export class ChunkCopies {
       const start = first * chunkSize;
       const bytes = count * chunkSize;
       const length = Math.min(bytes, originSize - start);
-      await origin.readForCopy(buf, 0, length, start);
+      await origin.read(buf, 0, length, start);
       if (length < bytes) buf.fill(0, length, bytes);
       // Slots in a row where the allocator can give them; the rest of the run asks again.
       // Only chunks still without a slot value get one (issue 16 will settle chunks that
