@@ -177,7 +177,7 @@ export class ChunkCopies {
     };
     for (let c = first; c <= last; c++) {
       const saved = this.table.savedThrough(c);
-      // Saved through newest: no run can be in flight for it (a run's chunks are saved below its hi).
+      // Saved through newest already: nothing to wait for, whatever a run for a newer snapshot does.
       const running = saved >= newest ? undefined : this.inFlight.get(c);
       const older = running !== undefined && running.hi < newest ? running : null;
       if (older !== olderRun) {
