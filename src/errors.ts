@@ -12,7 +12,7 @@ export type ErrnoName =
   | 'EPERM' | 'ENOENT' | 'EIO' | 'EBADF' | 'EAGAIN' | 'ENOMEM' | 'EACCES' | 'EBUSY'
   | 'EEXIST' | 'EXDEV' | 'ENODEV' | 'ENOTDIR' | 'EISDIR' | 'EINVAL' | 'EFBIG' | 'ENOSPC'
   | 'EROFS' | 'ENAMETOOLONG' | 'ENOSYS' | 'ENOTEMPTY' | 'ENOTSUP' | 'EINTR' | 'ENOTBLK'
-  | 'ENXIO' | 'ETIMEDOUT' | 'ESHUTDOWN' | 'EOVERFLOW';
+  | 'ENXIO' | 'ETIMEDOUT' | 'ESHUTDOWN' | 'EOVERFLOW' | 'EOPNOTSUPP';
 
 const errnoNumbers = osConstants.errno as Record<string, number | undefined>;
 

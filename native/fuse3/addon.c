@@ -332,6 +332,20 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   return js_bool(env, 1);
 }
 
+/* replyLseek(session, id, offset): the answer of an lseek(SEEK_DATA | SEEK_HOLE). */
+static napi_value js_reply_lseek(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 3, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  double off = num_at(env, argv[2]);
+  if (!(off >= 0)) fuse_reply_err(slot->req, EIO);
+  else fuse_reply_lseek(slot->req, (off_t)off);
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
 /* unmount(session, lazy) -> 0 or errno */
 static napi_value js_unmount(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -394,6 +408,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"replyWrite", NULL, js_reply_write, NULL, NULL, NULL, napi_default, NULL},
     {"replyStatfs", NULL, js_reply_statfs, NULL, NULL, NULL, napi_default, NULL},
     {"replyDir", NULL, js_reply_dir, NULL, NULL, NULL, napi_default, NULL},
+    {"replyLseek", NULL, js_reply_lseek, NULL, NULL, NULL, napi_default, NULL},
     {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL},
     {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
     {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},

@@ -6,7 +6,10 @@
  *
  *     idle ──a write finds savedThrough < newest──> copying(lo, hi)
  *                                                     │ read origin, allocate a slot,
- *                                                     │ write the slot (O_DIRECT)
+ *                                                     │ write the slot (O_DIRECT);
+ *                                                     │ or, when the origin's chunk is
+ *                                                     │ wholly a hole, none of that
+ *                                                     │ (saved as HOLE_SLOT)
  *                                        ┌────────────┴────────────┐
  *                                        v                         v
  *                                      saved                     failed
@@ -46,8 +49,9 @@
 import type { OriginDevice } from '../storage/origin-device.js';
 import type { ExceptionStore } from './exception-store.js';
 import type { AlignedBufferPool } from '../storage/aligned.js';
-import { CopyTable } from './copy-table.js';
+import { CopyTable, HOLE_SLOT } from './copy-table.js';
 import { OriginReaders } from './origin-readers.js';
+import { wholeChunkIsHole } from './origin-holes.js';
 
 export type CopyState = 'copying' | 'saved' | 'failed';
 
@@ -73,6 +77,8 @@ export interface ChunkCopyParts {
 /** Where a snapshot finds a chunk right now. */
 export type ChunkSource =
   | { from: 'saved'; slot: number }
+  /** Saved as a hole (it was wholly one on the origin when copied): it reads as zeros. */
+  | { from: 'hole' }
   /** The origin still holds it; the caller is registered as its reader (call `doneReading`). */
   | { from: 'origin' }
   /** Its copy failed (the snapshot is corrupted). */
@@ -92,6 +98,8 @@ export class ChunkCopies {
   private readonly readers = new OriginReaders();
   /** The copy in flight per chunk (at most one). */
   private readonly inFlight = new Map<number, ChunkCopy>();
+  /** Saved copies that are holes (HOLE_SLOT: no storage). */
+  private holes = 0;
 
   constructor(private readonly parts: ChunkCopyParts) {}
 
@@ -154,17 +162,24 @@ export class ChunkCopies {
   private async run(copy: ChunkCopy): Promise<void> {
     const { origin, store, chunkSize, originSize, pool } = this.parts;
     const { chunk, lo, hi } = copy;
-    const buf = await pool.acquire();
+    let buf: Buffer | null = null;
     let slot = -1;
     try {
       const start = chunk * chunkSize;
       const length = Math.min(chunkSize, originSize - start);
-      await origin.read(buf, 0, length, start);
-      if (length < chunkSize) buf.fill(0, length);
-      slot = await store.prepare(); // may wait for automatic growth
-      this.parts.slotReused(slot);
-      await store.commit(slot, buf);
-      this.table.add(chunk, lo, hi, slot);
+      if (await wholeChunkIsHole(origin, start, length)) {
+        // Reads as zeros: no buffer, no read, no slot (origin-holes.ts).
+        this.table.add(chunk, lo, hi, HOLE_SLOT);
+        this.holes++;
+      } else {
+        buf = await pool.acquire();
+        await origin.read(buf, 0, length, start);
+        if (length < chunkSize) buf.fill(0, length);
+        slot = await store.prepare(); // may wait for automatic growth
+        this.parts.slotReused(slot);
+        await store.commit(slot, buf);
+        this.table.add(chunk, lo, hi, slot);
+      }
       copy.state = 'saved';
     } catch (err) {
       copy.state = 'failed';
@@ -177,7 +192,7 @@ export class ChunkCopies {
     } finally {
       this.table.setSavedThrough(chunk, hi);
       if (this.inFlight.get(chunk) === copy) this.inFlight.delete(chunk);
-      pool.release(buf);
+      if (buf !== null) pool.release(buf);
     }
     // A snapshot released while we copied may have left this copy serving nobody.
     if (copy.state === 'saved' && !this.parts.needed(lo, hi)) this.sweep();
@@ -190,6 +205,7 @@ export class ChunkCopies {
    */
   startRead(chunk: number, seq: number): ChunkSource {
     const slot = this.table.lookup(chunk, seq);
+    if (slot === HOLE_SLOT) return { from: 'hole' };
     if (slot >= 0) return { from: 'saved', slot };
     if (seq > this.table.savedThrough(chunk)) {
       this.readers.enter(chunk);
@@ -202,18 +218,27 @@ export class ChunkCopies {
     this.readers.leave(chunk);
   }
 
-  /** The slot holding `chunk` as snapshot `seq` saw it, or -1 (for read-ahead: no registration). */
+  /** The slot holding `chunk` as snapshot `seq` saw it, HOLE_SLOT, or -1 (for read-ahead: no registration). */
   savedSlot(chunk: number, seq: number): number {
     return this.table.lookup(chunk, seq);
   }
 
   /** Free every saved copy no live snapshot needs any more. */
   sweep(): void {
-    this.table.sweep(this.parts.needed, (slot) => this.parts.store.drop(slot));
+    this.table.sweep(this.parts.needed, (slot) => {
+      if (slot === HOLE_SLOT) this.holes--;
+      else this.parts.store.drop(slot);
+    });
   }
 
+  /** Saved copies, holes included. */
   get savedCopies(): number {
     return this.table.savedCopies;
+  }
+
+  /** Saved copies that are holes (they use no difference storage). */
+  get savedHoles(): number {
+    return this.holes;
   }
 
   /** Copies in flight (none once every write has left the barrier). */

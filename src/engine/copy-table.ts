@@ -17,9 +17,17 @@
                                                          owns a private copy (read first, engine)
  *
  * Records live in one growable Uint32Array, four words each (lo, hi, slot, next): 16
- * bytes per saved copy, chained newest first per chunk.
+ * bytes per saved copy, chained newest first per chunk. A chunk saved as a hole has
+ * the slot HOLE_SLOT.
  */
 import { PagedU32 } from './paged-u32.js';
+
+/**
+ * The slot of a copy that uses no storage: the chunk was wholly a hole on the origin
+ * when it would have been copied (origin-holes.ts), so it reads as zeros and uses no
+ * difference storage. Never a real slot, never handed to the store (nor to `drop`).
+ */
+export const HOLE_SLOT = 0xFFFFFFFF;
 
 const WORDS = 4;
 const LO = 0;

@@ -6,6 +6,7 @@
  *   private copy of the snapshot (written through the image)  -> read it, never cached
  *   saved copy serving the snapshot (copy-table.ts)           -> read it (read-ahead,
  *                                                                window cache)
+ *   saved as a hole (HOLE_SLOT)                               -> zeros, no read
  *   the origin still holds it                                 -> read the origin as a
  *                                                                registered reader
  *   its copy failed                                           -> EIO
@@ -20,6 +21,7 @@ import { BlksnapError } from '../errors.js';
 import type { OriginDevice } from '../storage/origin-device.js';
 import { AlignedBufferPool, alignDown, alignUp } from '../storage/aligned.js';
 import type { ChunkCopies } from './chunk-copy.js';
+import { HOLE_SLOT } from './copy-table.js';
 import type { ExceptionStore } from './exception-store.js';
 import { chunkPieces, type Geometry } from './geometry.js';
 import { SavedReadAhead } from './saved-read-ahead.js';
@@ -94,6 +96,9 @@ export class ImageReads {
       case 'saved':
         await this.readSaved(source.slot, inChunk, length, buf, offset, true);
         return;
+      case 'hole': // saved as a hole: zeros, nothing to read
+        buf.fill(0, offset, offset + length);
+        return;
       case 'origin':
         try {
           await origin.read(buf, offset, length, chunk * geometry.chunkSize + inChunk);
@@ -119,6 +124,7 @@ export class ImageReads {
     for (let c = from; c <= to; c++) {
       if (snap.privateChunks.slotOf(c) >= 0) continue; // read from its own copy, never cached
       const slot = sources.savedSlot(c, snap.seq);
+      if (slot === HOLE_SLOT) continue; // zeros, nothing to read
       if (slot < 0) {
         originChunks++;
         continue;

@@ -138,6 +138,9 @@ export class ImageWrites {
       case 'saved':
         await store.read(source.slot, 0, chunkSize, into);
         return;
+      case 'hole':
+        into.fill(0);
+        return;
       case 'origin': {
         const start = chunk * chunkSize;
         const length = Math.min(chunkSize, originSize - start);

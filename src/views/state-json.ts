@@ -59,7 +59,7 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
     block_count: engine.tracker.blockCount,
     // saved_chunks: copies of origin chunks for snapshots; private_chunks: chunks
     // snapshots own through writes to their images. Both are in `used`.
-    diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks, private_chunks: engine.privateChunks },
+    diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks, hole_chunks: engine.savedHoles, private_chunks: engine.privateChunks },
     // null, or when a /control freeze ends by itself unless thawed first.
     frozen_until: engine.freezer.frozenUntil?.toISOString() ?? null,
     change_tracking: {

@@ -16,10 +16,14 @@ export const Op = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, SETATTR: 4, OPEN: 5, READ: 6, WRITE: 7, FLUSH: 8,
   RELEASE: 9, FSYNC: 10, OPENDIR: 11, READDIR: 12, RELEASEDIR: 13, MKDIR: 14, RMDIR: 15,
   STATFS: 16, UNLINK: 17, RENAME: 18, MKNOD: 19, SYMLINK: 20, LINK: 21, CREATE: 22,
+  LSEEK: 23, FALLOCATE: 24,
   INTERRUPT: 30, END: 31,
 } as const;
 
-/** Doubles per request in a batch: id op ino fh off size arg uid gid pid. */
+/**
+ * Doubles per request in a batch: id op ino fh off size arg uid gid pid. LSEEK: off =
+ * offset, arg = whence. FALLOCATE: off = offset, size = length, arg = mode.
+ */
 export const FIELDS = 10;
 export const F = { id: 0, op: 1, ino: 2, fh: 3, off: 4, size: 5, arg: 6, uid: 7, gid: 8, pid: 9 } as const;
 
@@ -51,6 +55,8 @@ export interface Fuse3Addon {
   replyWrite(s: NativeSession, id: number, bytes: number): boolean;
   replyStatfs(s: NativeSession, id: number, values: number[]): boolean;
   replyDir(s: NativeSession, id: number, names: string[], inos: number[], modes: number[], first: number): boolean;
+  /** The offset an lseek(SEEK_DATA | SEEK_HOLE) found. */
+  replyLseek(s: NativeSession, id: number, offset: number): boolean;
   /** umount(2); returns 0 or the errno. */
   unmount(s: NativeSession, lazy: boolean): number;
   close(s: NativeSession): void;

@@ -168,6 +168,12 @@ class Libfuse3Session implements FuseSession {
         fs.release(fh ?? 0);
         this.addon.replyErr(this.s, id, 0);
         return;
+      case Op.LSEEK:
+        this.settle(id, op, fs.lseek(fh ?? 0, n[o + F.off] ?? 0, n[o + F.arg] ?? 0), (offset) => this.addon.replyLseek(this.s, id, offset));
+        return;
+      case Op.FALLOCATE:
+        this.settle(id, op, fs.fallocate(fh ?? 0, n[o + F.arg] ?? 0, n[o + F.off] ?? 0, n[o + F.size] ?? 0), () => this.addon.replyErr(this.s, id, 0));
+        return;
       case Op.FSYNC:
         this.settle(id, op, fs.fsync(fh ?? 0, (n[o + F.arg] ?? 0) !== 0), () => this.addon.replyErr(this.s, id, 0));
         return;
@@ -226,7 +232,7 @@ class Libfuse3Session implements FuseSession {
   private fail(id: number, op: number, err: unknown): void {
     this.waiting.delete(id);
     const errno = -toNegativeErrno(err);
-    if (!(err instanceof BlksnapError) || (err.code !== 'ENOENT' && err.code !== 'EINTR')) {
+    if (!(err instanceof BlksnapError) || (err.code !== 'ENOENT' && err.code !== 'EINTR' && err.code !== 'ENXIO')) {
       this.log.debug({ op, err: err instanceof Error ? err.message : String(err), errno }, 'request failed');
     }
     if (this.native !== null && !this.addon.replyErr(this.native, id, errno)) {
