@@ -27,6 +27,7 @@ import { failures } from './phases/common.js';
 import { seqRead, seqWrite } from './phases/sequential.js';
 import { randomWrite } from './phases/random.js';
 import { chunkMemory, multiSnapshot, takeAndOriginMemory } from './phases/snapshots.js';
+import { sparseImages } from './phases/sparse.js';
 
 const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--only PHASE,...] [--transport T,...] [--no-qsd] [--profile DIR] [--out FILE.json]
 phases: ${PHASES.join(', ')}
@@ -145,7 +146,7 @@ async function main(): Promise<number> {
     started: new Date().toISOString(),
     finished: '',
     reps: cfg.reps,
-    sizes: { seq: cfg.size, chunk: cfg.chunk, first_touch_region: cfg.firstTouchRegion, steady_region: cfg.steadyRegion, steady_seconds: cfg.steadySec, mem_chunk: cfg.memChunk, mem_bytes: cfg.memBytes, multi_bytes: cfg.multiBytes },
+    sizes: { seq: cfg.size, chunk: cfg.chunk, first_touch_region: cfg.firstTouchRegion, steady_region: cfg.steadyRegion, steady_seconds: cfg.steadySec, mem_chunk: cfg.memChunk, mem_bytes: cfg.memBytes, multi_bytes: cfg.multiBytes, sparse_origin: cfg.sparseSize },
     machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? '?', kernel: (await versionOf('uname', ['-r'])), loadavg_start: loadavg() },
     versions: {
       node: process.version,
@@ -168,6 +169,7 @@ async function main(): Promise<number> {
   const phases: Array<[Phase, (c: Ctx) => Promise<void>]> = [
     ['seqwrite', seqWrite], ['seqread', seqRead], ['randwrite', randomWrite],
     ['take', takeAndOriginMemory], ['memory', chunkMemory], ['multi', multiSnapshot],
+    ['sparse', sparseImages],
   ];
   for (const [name, phase] of phases) {
     if (!cfg.phases.has(name)) continue;

@@ -10,7 +10,7 @@ import { systemOf, type BsfSystem, type Recorder } from './results.js';
 import type { TransportName } from '../../src/fuse/transport.js';
 import { GiB, KiB, MiB, TiB } from './tools.js';
 
-export const PHASES = ['seqwrite', 'seqread', 'randwrite', 'take', 'memory', 'multi'] as const;
+export const PHASES = ['seqwrite', 'seqread', 'randwrite', 'take', 'memory', 'multi', 'sparse'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface Config {
@@ -34,6 +34,8 @@ export interface Config {
   /** Snapshots held at once, and bytes written, for the multi-snapshot measurement. */
   multi: number[];
   multiBytes: number;
+  /** Size of the sparse origin (5% data) whose image cp --sparse=always copies. */
+  sparseSize: number;
   phases: Set<Phase>;
   /** Systems to run (raw, blksnapfs, qsd). */
   withQsd: boolean;
@@ -50,6 +52,7 @@ export function makeConfig(quick: boolean): Omit<Config, 'phases' | 'withQsd' | 
         takeSizes: [GiB, TiB, 16 * TiB], takesPerSize: 5,
         memChunk: 4 * KiB, memBytes: 128 * MiB,
         multi: [1, 2, 4, 8], multiBytes: 64 * MiB,
+        sparseSize: 512 * MiB,
       }
     : {
         mode: 'full', reps: 3, size: GiB, chunk: 64 * KiB,
@@ -57,6 +60,7 @@ export function makeConfig(quick: boolean): Omit<Config, 'phases' | 'withQsd' | 
         takeSizes: [GiB, TiB, 16 * TiB], takesPerSize: 7,
         memChunk: 4 * KiB, memBytes: GiB,
         multi: [1, 2, 4, 8], multiBytes: 512 * MiB,
+        sparseSize: 4 * GiB,
       };
 }
 

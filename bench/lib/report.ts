@@ -7,8 +7,8 @@ import { systemLabel, type Cell, type DaemonSample, type Recorder, type Row, typ
 import { median, MiB } from './tools.js';
 
 export interface Target {
-  /** 'transport': the targets of the libfuse 3 transport (issue 8); 'earlier': the ones before it. */
-  group: 'transport' | 'earlier';
+  /** 'transport': the targets of the libfuse 3 transport (issue 8); 'sparse': thin images (issue 16); 'earlier': the ones before them. */
+  group: 'transport' | 'sparse' | 'earlier';
   name: string;
   measured: string;
   goal: string;
@@ -218,6 +218,19 @@ export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallO
     });
   }
   t.push(ratioTarget(rec, 'first write with 8 snapshots held vs 1', ['multi.8', 'blksnapfs'], ['multi.1', 'blksnapfs'], 0.9));
+  t.push(...sparseTargets(rec));
+  return t;
+}
+
+/** Thin images: cp --sparse=always of an image as fast as of the origin file, reading about the data only. */
+function sparseTargets(rec: Recorder): Target[] {
+  const t = [ratioTarget(rec, 'cp --sparse=always of a thin image: blksnapfs / raw file', ['sparse.cp', 'blksnapfs'], ['sparse.cp', 'raw'], 1.0, 'sparse')];
+  const name = 'bytes the daemon read for that cp: at most 2x the data';
+  const read = rec.get('sparse.cp.read', 'blksnapfs');
+  const dataMiB = Number(rec.getRow('sparse.cp.read')?.facts['data_mib'] ?? NaN);
+  t.push(read === null || !Number.isFinite(dataMiB)
+    ? { group: 'sparse', name, measured: 'n/a', goal: '<= 2.0x data', pass: null, note: 'not measured in this run' }
+    : { group: 'sparse', name, measured: `${(read / dataMiB).toFixed(2)}x (${read.toFixed(1)} MiB of ${dataMiB} MiB data)`, goal: '<= 2.0x data', pass: read <= 2 * dataMiB, note: '' });
   return t;
 }
 
@@ -225,6 +238,7 @@ export function renderTargets(targets: readonly Target[]): string {
   const out: string[] = [];
   const groups: Array<[Target['group'], string]> = [
     ['transport', '### Targets of the libfuse 3 transport (ratios within this run)'],
+    ['sparse', '### Targets of thin images (ratios within this run)'],
     ['earlier', '### Earlier targets (ratios within this run; blksnapfs = the default transport)'],
   ];
   for (const [group, title] of groups) {
