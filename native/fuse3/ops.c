@@ -363,22 +363,24 @@ const struct fuse_lowlevel_ops bs_ops = {
  * itself): offset in `off`, whence in `arg`; answered with replyLseek or an errno, never
  * ENOSYS (the kernel would stop asking for the whole connection). */
 static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi) {
-  bs_msg *m = begin(req, OP_LSEEK, ino, NULL, NULL);
+  bs_slot *slot;
+  bs_msg *m = begin(req, OP_LSEEK, ino, NULL, &slot);
   if (m == NULL) return;
   m->f[3] = (double)fi->fh;
   m->f[4] = (double)off;
   m->f[6] = whence;
-  bs_post(session_of(req), m);
+  bs_post(session_of(req), m, slot);
 }
 
 /* fallocate (punch hole, zero range): offset in `off`, length in `size`, mode in `arg`;
  * answered with replyErr (0 on success), never ENOSYS, as for lseek. */
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi) {
-  bs_msg *m = begin(req, OP_FALLOCATE, ino, NULL, NULL);
+  bs_slot *slot;
+  bs_msg *m = begin(req, OP_FALLOCATE, ino, NULL, &slot);
   if (m == NULL) return;
   m->f[3] = (double)fi->fh;
   m->f[4] = (double)offset;
   m->f[5] = (double)length;
   m->f[6] = mode;
-  bs_post(session_of(req), m);
+  bs_post(session_of(req), m, slot);
 }
