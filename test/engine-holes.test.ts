@@ -165,3 +165,27 @@ test('fallocate on the origin is a write of zeros: copied first, marked, then pu
   t.is(map[0], snapOf(engine, 's').cbt.map[0], 'an untouched block is not');
   await t.throwsAsync(() => engine.fallocateOrigin('punch', 4 * MiB - 4 * KiB, 8 * KiB), { message: /outside the origin/ });
 });
+
+test('a wholly allocated origin is not asked where its holes are: its first writes copy as before', async (t) => {
+  const { engine } = await openEngine(t, { size: 2 * MiB, chunkSize: CHUNK, diffSize: 4 * MiB });
+  const origin = engine.origin;
+  const plainSeek = origin.seekData.bind(origin);
+  let asked = 0;
+  origin.seekData = (offset) => {
+    asked++;
+    return plainSeek(offset);
+  };
+  const v0 = await readOrigin(engine);
+  await engine.take('s');
+  await engine.writeOrigin(randomBytes(4 * KiB), 0, 4 * KiB, 5 * CHUNK);
+  t.is(asked, 0);
+  t.is(engine.savedChunks, 1);
+  t.true((await readImage(engine, 's')).equals(v0));
+  // Punched through the engine, it has holes: from then on copies ask again.
+  await engine.fallocateOrigin('punch', 8 * CHUNK, 2 * CHUNK);
+  t.true(engine.origin.allocatedBytes < engine.originSize);
+  await engine.take('t');
+  await engine.writeOrigin(randomBytes(10), 0, 10, 8 * CHUNK);
+  t.true(asked > 0);
+  t.is(engine.savedHoles, 1, 'the punched chunk was saved as a hole for t');
+});
