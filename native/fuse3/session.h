@@ -144,7 +144,7 @@ typedef struct bs_session {
   int want_readers;  /* the most readers (started on demand, two at first) */
   int nreaders;      /* started (under lock) */
   int readers_alive; /* not yet left (under lock) */
-  int readers_idle;  /* waiting in the kernel for a request (under lock) */
+  int readers_idle;  /* waiting in the kernel for a request (atomics) */
   int ended;   /* the kernel ended the session (unmount, abort) */
   int closing; /* close() started: readers stop taking buffers */
 
