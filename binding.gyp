@@ -6,12 +6,22 @@
         "native/fuse3/addon.c",
         "native/fuse3/buffers.c",
         "native/fuse3/ops.c",
+        "native/fuse3/own-mount.c",
         "native/fuse3/session.c",
         "native/fuse3/watchdog.c"
       ],
       "cflags": ["-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE", "<!@(pkg-config --cflags fuse3)"],
       "libraries": ["<!@(pkg-config --libs fuse3)"],
       "defines": ["NAPI_VERSION=8"]
+    },
+    {
+      "target_name": "blksnapfs-watchdog",
+      "type": "executable",
+      "sources": [
+        "native/fuse3/own-mount.c",
+        "native/fuse3/watchdog-main.c"
+      ],
+      "cflags": ["-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE"]
     }
   ]
 }

@@ -22,6 +22,7 @@ bs_session *bs_session_create(const char *mountpoint, int argc, char **argv, int
   pthread_mutex_init(&s->reply_lock, NULL);
   pthread_cond_init(&s->reply_cond, NULL);
   s->watchdog_fd = -1;
+  bs_own_mount_init(&s->own);
   s->want_readers = readers < 1 ? 1 : readers > 4 ? 4 : readers;
   /* Enough receive buffers for every write the kernel may have in flight (64
    * background + a few synchronous) plus one per reader; more would only be memory. */
@@ -43,7 +44,12 @@ bs_session *bs_session_create(const char *mountpoint, int argc, char **argv, int
     s->se = NULL;
     goto fail;
   }
-  bs_find_devnum(mountpoint, s->devnum, sizeof(s->devnum));
+  if (bs_own_mount_open(&s->own, mountpoint, err, errlen) != 0) {
+    fuse_session_unmount(s->se); /* just mounted, never served: libfuse's own undo */
+    fuse_session_destroy(s->se);
+    s->se = NULL;
+    goto fail;
+  }
   return s;
 fail:
   free(s->mountpoint);
@@ -88,6 +94,7 @@ static void *reader_main(void *arg) {
   if (last) s->ended = 1;
   pthread_mutex_unlock(&s->lock);
   /* The last reader out says the session is over: JavaScript starts its shutdown. */
+  if (last) bs_watchdog_stand_down(s); /* first: nothing is left for it to clean up */
   if (last) post_end(s, error);
   return NULL;
 }
@@ -114,10 +121,7 @@ static void *reply_main(void *arg) {
 
 int bs_session_start(bs_session *s, napi_env env, napi_value on_batch, char *err, size_t errlen) {
   (void)env; (void)on_batch;
-  if (bs_watchdog_start(s) != 0) {
-    snprintf(err, errlen, "cannot start the unmount watchdog: %s", strerror(errno));
-    return -1;
-  }
+  if (bs_watchdog_start(s, err, errlen) != 0) return -1;
   if (pthread_create(&s->reply_thread, NULL, reply_main, s) != 0) {
     snprintf(err, errlen, "cannot start the reply thread");
     return -1;
@@ -188,25 +192,25 @@ void bs_queue_big_reply(bs_session *s, bs_slot *slot, size_t len) {
   pthread_mutex_unlock(&s->reply_lock);
 }
 
-/* umount(2) of our mount point: EBUSY while something uses it, unless `lazy`. */
+/* End our session: umount(2) of our mount if it is the top one at the mount point
+ * (EBUSY while something uses it, unless `lazy`), else abort our connection. */
 int bs_session_unmount(bs_session *s, int lazy) {
-  if (umount2(s->mountpoint, lazy ? MNT_DETACH : 0) != 0) return errno;
-  return 0;
+  return bs_own_unmount(&s->own, lazy);
 }
 
 void bs_session_close(bs_session *s) {
   if (s->closed) return;
   s->closed = 1;
   pthread_mutex_lock(&s->lock);
-  int ended = s->ended;
   s->closing = 1;
   pthread_cond_broadcast(&s->recv_free);
   pthread_mutex_unlock(&s->lock);
   /* Readers blocked in read(2) leave only when the kernel ends the session; if it has
-   * not (a start-up that failed after mounting), end it: abort the connection. */
-  if (!ended && s->nreaders > 0) {
-    if (bs_abort_connection(s) != 0) bs_session_unmount(s, 1);
-  }
+   * not (a start-up that failed after mounting), end it: our mount detached if it is
+   * on top, our connection aborted (a dead mount of ours left on top by an abort is
+   * detached too). Never another mount; and libfuse's unmount below then finds the
+   * connection dead and leaves the path alone. */
+  bs_own_release(&s->own);
   for (int i = 0; i < s->nreaders; i++) pthread_join(s->readers[i], NULL);
   s->nreaders = 0;
 
@@ -233,11 +237,12 @@ void bs_session_close(bs_session *s) {
     free(m);
   }
   s->tail = NULL;
-  /* The session has ended, so this only closes the device: the mount point may
-   * already belong to a new mount, which must not be touched. */
+  /* The connection is dead (above), so this only closes the device: the mount point
+   * may already belong to a new mount, which must not be touched. */
   fuse_session_unmount(s->se);
   fuse_session_destroy(s->se);
   s->se = NULL;
-  bs_watchdog_disarm(s);
+  bs_watchdog_stand_down(s);
+  bs_own_mount_close(&s->own);
   bs_pools_free(s);
 }
