@@ -56,10 +56,12 @@ async function waitExit(pid: number): Promise<boolean> {
 
 /** The daemon's watchdog: its child process named blksnapfs-watchdog. */
 async function watchdogOf(daemon: number): Promise<number> {
-  const r = await run('pgrep', ['-P', String(daemon)]);
-  for (const pid of r.stdout.split('\n').filter((s) => s.length > 0).map(Number)) {
-    const cmdline = await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.startsWith('blksnapfs-watchdog')) return pid;
+  for (const task of await fsp.readdir(`/proc/${daemon}/task`)) {
+    const children = await fsp.readFile(`/proc/${daemon}/task/${task}/children`, 'utf8').catch(() => '');
+    for (const pid of children.split(' ').filter((s) => s.length > 0).map(Number)) {
+      const cmdline = await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      if (cmdline.startsWith('blksnapfs-watchdog')) return pid;
+    }
   }
   throw new Error(`daemon ${daemon} has no watchdog`);
 }
@@ -238,22 +240,24 @@ test('the watchdog works when mountinfo is over 1 MiB (16k mounts in a private m
   const mnt = join(dir, 'mnt');
   await fsp.mkdir(mnt);
   await fsp.mkdir(join(dir, 'fill'));
-  // Everything happens inside the namespace; it and all its mounts end with the script.
+  // Everything happens inside new mount and pid namespaces: whatever becomes of the
+  // script (a timeout kills unshare, which kills it), every process in them dies with
+  // it, and the mounts go with the namespace. procps's tools get no LD_PRELOAD (they
+  // hang under a preloaded libasan, in the sanitizer run).
   const script = `
     fill=${dir}/fill; mnt=${mnt}
-    trap 'pkill -KILL -f "daemon/entry.js .* $mnt " || true' EXIT
     mount -t tmpfs -o size=1M blksnapfs-test-fill "$fill"; mkdir "$fill/a"
     for i in $(seq 1 14); do mount --rbind "$fill" "$fill/a"; done
     echo "mountinfo $(wc -c < /proc/self/mountinfo)"
     "${process.execPath}" "${MOUNT_HELPER}" "${origin}" "$mnt" -o diff_storage=${dir}/disk.diff,diff_size=8M
     grep -q " $mnt " /proc/self/mountinfo
-    pid=$(pgrep -f "daemon/entry.js .* $mnt ")
-    watchdog=$(pgrep -P "$pid" -f blksnapfs-watchdog) || { echo "no watchdog"; exit 3; }
+    pid=$(LD_PRELOAD= pgrep -f "daemon/entry.js .* $mnt ")
+    watchdog=$(LD_PRELOAD= pgrep -P "$pid" -f blksnapfs-watchdog) || { echo "no watchdog"; exit 3; }
     kill -KILL "$pid"
     for i in $(seq 1 600); do [ -e /proc/$watchdog ] && ! grep -q '^[0-9]* ([^)]*) Z' /proc/$watchdog/stat || break; sleep 0.05; done
     if grep -q " $mnt " /proc/self/mountinfo; then echo "dead mount left"; exit 4; fi
     echo clean`;
-  const r = await run('unshare', ['-m', '--propagation', 'private', 'bash', '-euo', 'pipefail', '-c', script]);
+  const r = await run('unshare', ['--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', '--mount-proc', 'bash', '-euo', 'pipefail', '-c', script]);
   const size = Number(/mountinfo (\d+)/.exec(r.stdout)?.[1] ?? 0);
   t.true(size > 1024 * 1024, `mountinfo was ${size} bytes`);
   t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
