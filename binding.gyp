@@ -12,9 +12,11 @@
       "sources": [
         "native/fuse3/addon.c",
         "native/fuse3/buffers.c",
+        "native/fuse3/fastpath.c",
         "native/fuse3/ops.c",
         "native/fuse3/own-mount.c",
         "native/fuse3/session.c",
+        "native/fuse3/slots.c",
         "native/fuse3/watchdog.c"
       ],
       "cflags": ["<@(hardening_cflags)", "-fPIC", "<!@(pkg-config --cflags fuse3)"],

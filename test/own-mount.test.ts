@@ -242,8 +242,7 @@ test('the watchdog works when mountinfo is over 1 MiB (16k mounts in a private m
   await fsp.mkdir(join(dir, 'fill'));
   // Everything happens inside new mount and pid namespaces: whatever becomes of the
   // script (a timeout kills unshare, which kills it), every process in them dies with
-  // it, and the mounts go with the namespace. procps's tools get no LD_PRELOAD (they
-  // hang under a preloaded libasan, in the sanitizer run).
+  // it, and the mounts go with the namespace.
   const script = `
     fill=${dir}/fill; mnt=${mnt}
     mount -t tmpfs -o size=1M blksnapfs-test-fill "$fill"; mkdir "$fill/a"
@@ -251,8 +250,8 @@ test('the watchdog works when mountinfo is over 1 MiB (16k mounts in a private m
     echo "mountinfo $(wc -c < /proc/self/mountinfo)"
     "${process.execPath}" "${MOUNT_HELPER}" "${origin}" "$mnt" -o diff_storage=${dir}/disk.diff,diff_size=8M
     grep -q " $mnt " /proc/self/mountinfo
-    pid=$(LD_PRELOAD= pgrep -f "daemon/entry.js .* $mnt ")
-    watchdog=$(LD_PRELOAD= pgrep -P "$pid" -f blksnapfs-watchdog) || { echo "no watchdog"; exit 3; }
+    pid=$(pgrep -f "daemon/entry.js .* $mnt ")
+    watchdog=$(pgrep -P "$pid" -f blksnapfs-watchdog) || { echo "no watchdog"; exit 3; }
     kill -KILL "$pid"
     for i in $(seq 1 600); do [ -e /proc/$watchdog ] && ! grep -q '^[0-9]* ([^)]*) Z' /proc/$watchdog/stat || break; sleep 0.05; done
     if grep -q " $mnt " /proc/self/mountinfo; then echo "dead mount left"; exit 4; fi

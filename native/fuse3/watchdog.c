@@ -78,12 +78,13 @@ int bs_watchdog_start(bs_session *s, char *err, size_t errlen) {
   snprintf(dev, sizeof(dev), "%u:%u", s->own.dev_major, s->own.dev_minor);
   char *argv[] = {BS_WATCHDOG_NAME, dev, s->own.path, NULL};
   /* A clean environment; a sanitizer build's options pass (so its reports reach a log). */
-  char *envp[4] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL, NULL, NULL};
-  const char *asan = getenv("ASAN_OPTIONS"), *ubsan = getenv("UBSAN_OPTIONS");
-  char asan_env[512], ubsan_env[512];
-  int envc = 1;
-  if (asan != NULL && (size_t)snprintf(asan_env, sizeof(asan_env), "ASAN_OPTIONS=%s", asan) < sizeof(asan_env)) envp[envc++] = asan_env;
-  if (ubsan != NULL && (size_t)snprintf(ubsan_env, sizeof(ubsan_env), "UBSAN_OPTIONS=%s", ubsan) < sizeof(ubsan_env)) envp[envc++] = ubsan_env;
+  static const char *const passed[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS"};
+  char *envp[5] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL, NULL, NULL, NULL};
+  char kept[3][512];
+  for (int i = 0, n = 1; i < 3; i++) {
+    const char *v = getenv(passed[i]);
+    if (v != NULL && (size_t)snprintf(kept[i], sizeof(kept[i]), "%s=%s", passed[i], v) < sizeof(kept[i])) envp[n++] = kept[i];
+  }
   int life[2], report[2];
   if (pipe2(life, O_CLOEXEC) != 0) goto fail_errno;
   if (pipe2(report, O_CLOEXEC) != 0) {

@@ -30,6 +30,7 @@ import type { MountOptions } from './options.js';
 import { openOriginWhenFree } from './origin-wait.js';
 import { onLogFailure } from './logger.js';
 import { CbtPersistence } from './cbt-persistence.js';
+import { serveOriginNatively } from './fast-path.js';
 
 const MIN_DEFAULT_DIFF = 64 * 2 ** 20;
 const MAX_DEFAULT_THRESHOLD = 512 * 2 ** 20;
@@ -139,6 +140,7 @@ export class Daemon {
         fsname: origin.identity.path,
         allowOther: opts.allowOther,
       }, log);
+      if (opts.fastPath) serveOriginNatively(engine, session, log);
       log.info({ origin: origin.identity, mountpoint, geometry, diff_storage: storage.stats(), transport: opts.transport }, 'mounted');
       return new Daemon(engine, session, tree, log, cbt);
     } catch (err) {

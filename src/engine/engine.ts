@@ -26,6 +26,7 @@ import type { OriginFreeze } from './origin-freeze.js';
 import { SnapshotRegistry } from './snapshot-registry.js';
 import type { Snapshot } from './snapshot.js';
 import type { EventQueue } from './event-queue.js';
+import type { FastPathState } from './fast-path-state.js';
 import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
 import { bestEffort, silentLogger, type Logger } from './logger.js';
@@ -72,7 +73,11 @@ export class SnapshotEngine {
       deviceCapacity: this.geometry.originSize,
       checkOpen,
       quiesce: (fn) => this.area.quiesce(fn),
-      freezeCbt: () => this.tracker.freeze(),
+      freezeCbt: () => {
+        const frozen = this.tracker.freeze();
+        this.area.snapshotTaken();
+        return frozen;
+      },
       released: (snap) => this.area.freeSnapshot(snap),
     });
     this.area = new DiffArea({
@@ -257,6 +262,19 @@ export class SnapshotEngine {
     }
   }
 
+  // ---- the native fast path -------------------------------------------------------
+
+  /**
+   * The state a transport's native fast path serves from (fast-path-state.ts): origin
+   * reads, and writes to chunks no live snapshot needs copied, served without this
+   * engine; every other request still comes here. The caller hands the transport's
+   * handle back with `serveBy`, so that close stops it before the origin is released.
+   */
+  shareWithNative(): FastPathState {
+    this.checkOpen('serve the origin natively');
+    return this.area.shareWithNative();
+  }
+
   // ---- state -------------------------------------------------------------------
 
   get savedChunks(): number {
@@ -291,6 +309,7 @@ export class SnapshotEngine {
       await this.area.quiesce(async () => {
         await this.reads.drained();
         try {
+          await this.area.stopNative();
           if (!this.origin.readOnly) await this.origin.flush();
           await whenSynced?.();
         } finally {

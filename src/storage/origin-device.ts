@@ -64,6 +64,11 @@ export class OriginDevice {
     return this.identity.size;
   }
 
+  /** The descriptor we hold (the native fast path duplicates it to read and write the same file). */
+  get fd(): number {
+    return this.file.fd;
+  }
+
   /**
    * Open the origin and claim it: an exclusive open for a block device (the kernel
    * refuses it while the device is mounted or claimed elsewhere), and an flock for both

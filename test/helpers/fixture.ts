@@ -33,14 +33,10 @@ export interface RunResult {
   stderr: string;
 }
 
-/** procps's tools hang under a preloaded libasan (the addon's sanitizer run): they get none. */
-const NO_PRELOAD = new Set(['pgrep', 'pkill', 'ps']);
-
 /** Run a command; never throws for a non-zero exit (the test asserts on `code`). */
 export async function run(cmd: string, args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
   return new Promise((resolvePromise) => {
-    const env = NO_PRELOAD.has(cmd) && process.env['LD_PRELOAD'] !== undefined ? { ...process.env, LD_PRELOAD: '' } : process.env;
-    const child = spawn(cmd, args, { env, stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
