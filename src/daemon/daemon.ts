@@ -162,7 +162,12 @@ export class Daemon {
     await this.session.close();
   }
 
-  /** umount(2): the session then ends and run() closes. EBUSY (in use) leaves everything running. */
+  /**
+   * SIGTERM: unmount our own mount; the session then ends and run() closes. EBUSY (in
+   * use) leaves everything running. If our mount is no longer at the mount point
+   * (umount -l, or another mount over it), the transport ends our session without
+   * unmounting anything (src/fuse/transport.ts).
+   */
   async requestUnmount(): Promise<void> {
     await this.session.unmount();
   }
