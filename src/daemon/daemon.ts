@@ -129,8 +129,8 @@ export class Daemon {
             throw err;
           }),
           cbtDirty: (offset, length) => engine.markDirty(offset, length),
-          freeze: (ms) => engine.freezer.freeze(ms),
-          thaw: () => engine.freezer.thaw(),
+          freeze: (ms, token) => engine.freezer.freeze(ms, token),
+          thaw: (token) => engine.freezer.thaw(token),
         },
       });
       await cbt.markInUse(); // before the mount goes live, so before the first origin write
