@@ -187,6 +187,24 @@ test('a loop device origin written through its node while mounted: seen by its c
   t.true(how.includes('write-counters') || how.includes('inotify'), JSON.stringify(how));
 });
 
+test("a loop device origin whose backing file another process writes while mounted: fanotify on the backing file sees it", async (t) => {
+  const dir = await scratchDir(t);
+  const backing = join(dir, 'backing.img');
+  await makeImage(backing, 16 * MiB);
+  const loop = await attach(t, backing);
+  const m = await mountImage(t, { origin: loop, options: `${OPTIONS},cbt_state=${join(dir, 'loop.cbt')}` });
+  const tail = new EventTail(t, m.mnt);
+  await writeRange(m.path('origin'), 0, randomBytes(3 * BS)); // ours, through the device: no finding
+  await fsp.mkdir(m.path('snapshots', 's'));
+  t.is((await tracking(m)).outside_writes?.detections, 0);
+  await must('dd', ['if=/dev/urandom', `of=${backing}`, 'bs=4k', 'count=1', 'seek=300', 'conv=notrunc', 'status=none']);
+  await outsideWriteSeen(tail);
+  const last = (await tracking(m)).outside_writes?.last_detected;
+  t.true(last?.how.includes('fanotify'), JSON.stringify(last));
+  t.regex(last?.detail ?? '', /backing file/);
+  t.is((await m.info('s'))['state'], 'corrupted');
+});
+
 test("this mount's own writes, many small unaligned ones from several writers, are never taken for outside ones", async (t) => {
   const dir = await scratchDir(t);
   const image = await mountImage(t, { size: 16 * MiB, options: OPTIONS });
