@@ -1,11 +1,22 @@
 /*
  * The N-API face of the transport: mount() starts a session and delivers requests to
  * one JavaScript function in batches; the reply functions answer one request each,
- * exactly once (a second answer returns false and sends nothing).
+ * exactly once (a second answer returns false and sends nothing); fastAttach() hands
+ * the fast path (fastpath.h) its shared state.
  * The TypeScript side is src/fuse/libfuse3/addon.ts.
+ *
+ * Ownership across the boundary: the batch's write payloads are external Buffers over
+ * daemon memory, valid until that request's reply; readBuffer() gives a read's buffer,
+ * valid until its reply too. After close() JavaScript may still hold such Buffers:
+ * their memory is orphaned, not freed, until the environment is torn down (cleanup
+ * hook), when no JavaScript runs any more.
  */
 #include "session.h"
+#include "fastpath.h"
 #include <errno.h>
+#include <linux/fuse.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -80,6 +91,32 @@ static char *string_arg(napi_env env, napi_value v) {
   return out;
 }
 
+/* close(): readers joined, requests answered, session destroyed; then the
+ * references to JavaScript's memory dropped and the thread-safe function released. */
+static void close_session(napi_env env, bs_session *s) {
+  if (s->closed) return;
+  bs_session_close(s);
+  bs_fast_free(s, env);
+  napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+}
+
+/*
+ * The environment is going away (process exit), maybe without close(): readers may
+ * still be running, blocked in the kernel. They must not touch the thread-safe function
+ * any more; they die with the process. After a close(), the memory JavaScript could
+ * still name is freed here, when no JavaScript runs any more.
+ */
+static void env_cleanup(void *arg) {
+  bs_session *s = arg;
+  pthread_mutex_lock(&s->lock);
+  s->env_gone = 1;
+  pthread_mutex_unlock(&s->lock);
+  if (s->closed) {
+    bs_orphans_free(s);
+    bs_slots_free(s);
+  }
+}
+
 /* mount(mountpoint, args: string[], onBatch(nums, extras), readers) -> session */
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -110,10 +147,16 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
   napi_value name;
   napi_create_string_utf8(env, "blksnapfs-fuse3", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_threadsafe_function(env, argv[2], NULL, name, 0, 1, NULL, NULL, s, call_js, &s->tsfn) != napi_ok ||
-      bs_session_start(s, env, argv[2], err, sizeof(err)) != 0) {
+  if (napi_create_threadsafe_function(env, argv[2], NULL, name, 0, 1, NULL, NULL, s, call_js, &s->tsfn) != napi_ok) {
     bs_session_close(s);
-    if (s->tsfn != NULL) napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+    napi_throw_error(env, "EIO", "cannot create the thread-safe function");
+    return NULL;
+  }
+  /* Added after the thread-safe function, so it runs before the function is finalized
+   * (hooks run last-in first-out): from then on nothing is posted to it. */
+  napi_add_env_cleanup_hook(env, env_cleanup, s);
+  if (bs_session_start(s, err, sizeof(err)) != 0) {
+    close_session(env, s);
     napi_throw_error(env, "EIO", err[0] ? err : "cannot start the session");
     return NULL;
   }
@@ -208,24 +251,32 @@ static napi_value js_reply_attr(napi_env env, napi_callback_info info) {
   return js_bool(env, 1);
 }
 
-/* replyOpen(session, id, fh, flags: 1 direct_io, 2 keep_cache, 4 nonseekable) */
+/*
+ * replyOpen(session, id, fh, flags: 1 direct_io, 2 keep_cache, 4 nonseekable,
+ * 8 parallel direct writes) -> false when nobody will use the handle (a second reply,
+ * or the open was interrupted: then the caller must release it).
+ * The reply is built here, not by fuse_reply_open: libfuse 3.14's fuse_file_info has
+ * no bit for FOPEN_PARALLEL_DIRECT_WRITES (kernel 6.2+), without which the kernel
+ * serializes synchronous direct writes to one file on its inode lock.
+ */
 static napi_value js_reply_open(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   bs_session *s;
   bs_slot *slot;
   if (get_ids(env, info, 4, argv, &s, &slot) != 0) return NULL;
   if (slot == NULL) return js_bool(env, 0);
-  struct fuse_file_info fi;
-  memset(&fi, 0, sizeof(fi));
-  fi.fh = (uint64_t)num_at(env, argv[2]);
   int32_t flags = 0;
   napi_get_value_int32(env, argv[3], &flags);
-  fi.direct_io = (flags & 1) != 0;
-  fi.keep_cache = (flags & 2) != 0;
-  fi.nonseekable = (flags & 4) != 0;
-  fuse_reply_open(slot->req, &fi);
+  struct fuse_open_out out;
+  memset(&out, 0, sizeof(out));
+  out.fh = (uint64_t)num_at(env, argv[2]);
+  if (flags & BS_OPEN_DIRECT_IO) out.open_flags |= FOPEN_DIRECT_IO;
+  if (flags & BS_OPEN_KEEP_CACHE) out.open_flags |= FOPEN_KEEP_CACHE;
+  if (flags & BS_OPEN_NONSEEKABLE) out.open_flags |= FOPEN_NONSEEKABLE;
+  if (flags & BS_OPEN_PARALLEL_DIRECT_WRITES) out.open_flags |= FOPEN_PARALLEL_DIRECT_WRITES;
+  int res = fuse_reply_buf(slot->req, (const char *)&out, sizeof(out));
   bs_release_slot(s, slot);
-  return js_bool(env, 1);
+  return js_bool(env, res != -ENOENT);
 }
 
 /* replyRead(session, id, bytes): the data is in the request's own buffer. */
@@ -236,7 +287,12 @@ static napi_value js_reply_read(napi_env env, napi_callback_info info) {
   if (get_ids(env, info, 3, argv, &s, &slot) != 0) return NULL;
   if (slot == NULL) return js_bool(env, 0);
   double n = num_at(env, argv[2]);
-  if (slot->rbuf == NULL || !(n >= 0) || n > (double)slot->rsize) {
+  if (n == 0) {
+    fuse_reply_buf(slot->req, NULL, 0);
+    bs_release_slot(s, slot);
+    return js_bool(env, 1);
+  }
+  if (slot->rbuf == NULL || !(n > 0) || n > (double)slot->rsize || n > (double)slot->rbuf->cap) {
     fuse_reply_err(slot->req, EIO);
     bs_release_slot(s, slot);
     return js_bool(env, 1);
@@ -353,14 +409,154 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   bs_session *s = session_arg(env, argv[0]);
   if (s == NULL) return NULL;
-  if (!s->closed) {
-    bs_session_close(s);
-    napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+  close_session(env, s);
+  return NULL;
+}
+
+/*
+ * readBuffer(session, id, length) -> Buffer | null: the buffer read `id` is answered
+ * from, at least `length` bytes (at most the read's size), made when first asked for.
+ * null when the request is no longer waiting for its reply. The Buffer is daemon
+ * memory, valid until the reply.
+ */
+static napi_value js_read_buffer(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bs_session *s = session_arg(env, argv[0]);
+  if (s == NULL) return NULL;
+  double id = num_at(env, argv[1]);
+  double want = num_at(env, argv[2]);
+  napi_value result;
+  napi_get_null(env, &result);
+  if (!(id >= 0) || !(want >= 0)) return result;
+  uint64_t n = (uint64_t)id;
+  uint32_t index = (uint32_t)(n % BS_SLOT_LIMIT);
+  uint32_t gen = (uint32_t)(n / BS_SLOT_LIMIT);
+  bs_slot *slot = NULL;
+  pthread_mutex_lock(&s->lock);
+  if (!s->closed && index < s->slot_blocks_used * BS_SLOT_BLOCK) {
+    bs_slot *candidate = bs_slot_at(s, index);
+    if (candidate->live == 1 && candidate->gen == gen && candidate->op == OP_READ) slot = candidate;
+  }
+  pthread_mutex_unlock(&s->lock);
+  /* Only this thread (JavaScript's) claims or frees a live read's slot, so it stays
+   * ours while we give it a buffer. */
+  if (slot == NULL) return result;
+  size_t len = (size_t)want < slot->rsize ? (size_t)want : slot->rsize;
+  if (slot->rbuf != NULL && slot->rbuf->cap < len) {
+    bs_read_put(s, slot->rbuf);
+    slot->rbuf = NULL;
+  }
+  if (slot->rbuf == NULL) slot->rbuf = bs_read_get(s, slot->rsize > 0 ? slot->rsize : 1);
+  if (slot->rbuf == NULL) {
+    napi_throw_error(env, "ENOMEM", "no memory for a read buffer");
+    return NULL;
+  }
+  napi_create_external_buffer(env, len, slot->rbuf->mem, NULL, NULL, &result);
+  return result;
+}
+
+/* The typed array `v`'s memory and a reference that keeps it alive; -1 if it is not a
+ * `type` array of at least `min` elements. */
+static int shared_array(napi_env env, napi_value v, napi_typedarray_type type, size_t min, void **data, size_t *len, napi_ref *ref) {
+  napi_typedarray_type t;
+  napi_value ab;
+  size_t off;
+  if (napi_get_typedarray_info(env, v, &t, len, data, &ab, &off) != napi_ok || t != type || *len < min) return -1;
+  return napi_create_reference(env, v, 1, ref) == napi_ok ? 0 : -1;
+}
+
+/*
+ * fastAttach(session, header: Int32Array, marks: Uint8Array, cbt: Uint8Array,
+ *            originFd, originIno, originSize, chunkSize, blockSize, writable)
+ * Publishes the fast path's shared state (fastpath.h); the origin descriptor is
+ * duplicated (ours until fastRelease or close). Once per session.
+ */
+static napi_value js_fast_attach(napi_env env, napi_callback_info info) {
+  size_t argc = 10;
+  napi_value argv[10];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bs_session *s = session_arg(env, argv[0]);
+  if (s == NULL) return NULL;
+  if (argc < 10) {
+    napi_throw_type_error(env, NULL, "fastAttach takes 10 arguments");
+    return NULL;
+  }
+  bs_fast *f = calloc(1, sizeof(*f));
+  if (f == NULL) {
+    napi_throw_error(env, "ENOMEM", "no memory for the fast path");
+    return NULL;
+  }
+  f->fd = -1;
+  void *hdr, *marks, *cbt;
+  size_t hdr_len, marks_len, cbt_len;
+  if (shared_array(env, argv[1], napi_int32_array, BS_HDR_WORDS, &hdr, &hdr_len, &f->refs[0]) != 0 ||
+      shared_array(env, argv[2], napi_uint8_array, 0, &marks, &marks_len, &f->refs[1]) != 0 ||
+      shared_array(env, argv[3], napi_uint8_array, 1, &cbt, &cbt_len, &f->refs[2]) != 0) {
+    bs_fast_free_unpublished(env, f);
+    napi_throw_type_error(env, NULL, "fastAttach: header must be an Int32Array, marks and cbt Uint8Arrays");
+    return NULL;
+  }
+  f->hdr = hdr;
+  f->marks = marks;
+  f->nmarks = marks_len;
+  f->cbt = cbt;
+  f->nblocks = cbt_len;
+  double chunk = num_at(env, argv[7]), block = num_at(env, argv[8]);
+  f->origin_ino = (uint64_t)num_at(env, argv[5]);
+  f->size = (uint64_t)num_at(env, argv[6]);
+  f->chunk_shift = (unsigned)__builtin_ctzll((unsigned long long)chunk);
+  f->block_shift = (unsigned)__builtin_ctzll((unsigned long long)block);
+  bool writable = false;
+  napi_get_value_bool(env, argv[9], &writable);
+  f->writable = writable;
+  int32_t fd = -1;
+  napi_get_value_int32(env, argv[4], &fd);
+  if (!(chunk >= 4096) || (1ULL << f->chunk_shift) != (unsigned long long)chunk || !(block >= 4096) ||
+      (1ULL << f->block_shift) != (unsigned long long)block || f->size == 0) {
+    bs_fast_free_unpublished(env, f);
+    napi_throw_range_error(env, NULL, "fastAttach: sizes must be powers of two of at least 4096 and the origin non-empty");
+    return NULL;
+  }
+  f->fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+  int err = f->fd < 0 ? errno : s->closed ? ESHUTDOWN : bs_fast_attach(s, f);
+  if (err != 0) {
+    bs_fast_free_unpublished(env, f);
+    napi_throw_error(env, "EINVAL", strerror(err));
+    return NULL;
   }
   return NULL;
 }
 
-/* stats(session, resetMax) -> [requests, inFlight, maxInFlight] */
+/* fastStop(session) -> fast requests still inside (OP_FAST_DRAINED news follows when 0 is reached). */
+static napi_value js_fast_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bs_session *s = session_arg(env, argv[0]);
+  if (s == NULL) return NULL;
+  napi_value r;
+  napi_create_int32(env, bs_fast_stop(s), &r);
+  return r;
+}
+
+/* fastRelease(session) -> 0, or EBUSY while fast requests are inside: closes our origin descriptor. */
+static napi_value js_fast_release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bs_session *s = session_arg(env, argv[0]);
+  if (s == NULL) return NULL;
+  napi_value r;
+  napi_create_int32(env, bs_fast_release(s), &r);
+  return r;
+}
+
+/* stats(session, resetMax) -> [requests, inFlight, maxInFlight, fastOn, fastReads,
+ * fastWrites, fastReadBytes, fastWriteBytes, fastSyncs]. Requests and requests in
+ * flight count both kinds: those JavaScript answers and those the fast path serves
+ * (its most at once is counted apart, so maxInFlight is the larger of the two). */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
@@ -369,13 +565,30 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   if (s == NULL) return NULL;
   bool reset = false;
   if (argc > 1) napi_get_value_bool(env, argv[1], &reset);
+  double v[9] = {0};
   pthread_mutex_lock(&s->lock);
-  double v[3] = {(double)s->requests, s->in_flight, s->max_in_flight};
+  v[0] = (double)s->requests;
+  v[1] = s->in_flight;
+  v[2] = s->max_in_flight;
   if (reset) s->max_in_flight = s->in_flight;
   pthread_mutex_unlock(&s->lock);
+  bs_fast *f = __atomic_load_n(&s->fast, __ATOMIC_ACQUIRE);
+  if (f != NULL) {
+    int32_t ops = __atomic_load_n(&f->ops, __ATOMIC_RELAXED);
+    int32_t max_ops = reset ? __atomic_exchange_n(&f->max_ops, ops & ~BS_OPS_OFF, __ATOMIC_RELAXED) : __atomic_load_n(&f->max_ops, __ATOMIC_RELAXED);
+    v[1] += ops & ~BS_OPS_OFF;
+    if (max_ops > v[2]) v[2] = max_ops;
+    v[3] = (ops & BS_OPS_OFF) ? 0 : 1;
+    v[4] = (double)__atomic_load_n(&f->reads, __ATOMIC_RELAXED);
+    v[5] = (double)__atomic_load_n(&f->writes, __ATOMIC_RELAXED);
+    v[6] = (double)__atomic_load_n(&f->read_bytes, __ATOMIC_RELAXED);
+    v[7] = (double)__atomic_load_n(&f->write_bytes, __ATOMIC_RELAXED);
+    v[8] = (double)__atomic_load_n(&f->syncs, __ATOMIC_RELAXED);
+    v[0] += v[4] + v[5] + v[8];
+  }
   napi_value arr;
-  napi_create_array_with_length(env, 3, &arr);
-  for (uint32_t i = 0; i < 3; i++) {
+  napi_create_array_with_length(env, 9, &arr);
+  for (uint32_t i = 0; i < 9; i++) {
     napi_value x;
     napi_create_double(env, v[i], &x);
     napi_set_element(env, arr, i, x);
@@ -397,6 +610,10 @@ static napi_value init(napi_env env, napi_value exports) {
     {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL},
     {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
     {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
+    {"readBuffer", NULL, js_read_buffer, NULL, NULL, NULL, napi_default, NULL},
+    {"fastAttach", NULL, js_fast_attach, NULL, NULL, NULL, napi_default, NULL},
+    {"fastStop", NULL, js_fast_stop, NULL, NULL, NULL, napi_default, NULL},
+    {"fastRelease", NULL, js_fast_release, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -1,9 +1,14 @@
 /*
- * libfuse's low-level callbacks, run on the reader thread(s). Each request gets a slot
- * (its exactly-once guard) and becomes one message for JavaScript; nothing here waits
- * for JavaScript. FORGET is answered here (it has no reply) and passed on as news.
+ * libfuse's low-level callbacks, run on the reader threads. A request the fast path can
+ * serve is answered there (fastpath.c); any other gets a slot (its exactly-once guard)
+ * and becomes one message for JavaScript. Nothing here waits for JavaScript.
+ *
+ * News (no reply expected, id -1): FORGET, RELEASE and RELEASEDIR (answered here at
+ * once, so they reach JavaScript whatever else is waiting and can never be refused for
+ * want of a slot), INTERRUPT, END and FAST_DRAINED.
  */
 #include "session.h"
+#include "fastpath.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,56 +20,57 @@ static bs_session *session_of(fuse_req_t req) {
   return (bs_session *)fuse_req_userdata(req);
 }
 
-/* Queue a message; wake JavaScript only on the empty -> non-empty edge, so requests
- * that arrive while it is busy reach it together, in one call. */
-void bs_post(bs_session *s, bs_msg *m) {
-  int wake = 0;
-  m->next = NULL;
-  pthread_mutex_lock(&s->lock);
-  if (s->tail != NULL) s->tail->next = m;
-  else s->head = m;
-  s->tail = m;
-  if (!s->signaled) {
-    s->signaled = 1;
-    wake = 1;
-  }
-  pthread_mutex_unlock(&s->lock);
-  if (wake) napi_call_threadsafe_function(s->tsfn, NULL, napi_tsfn_nonblocking);
-}
-
-/* A slot for `req`, or -1 (then the request has been answered with EBUSY). */
-static double slot_open(bs_session *s, fuse_req_t req, enum bs_op op, bs_slot **out) {
-  pthread_mutex_lock(&s->lock);
-  if (s->nfree == 0) {
-    pthread_mutex_unlock(&s->lock);
-    fuse_reply_err(req, EBUSY);
-    return -1;
-  }
-  uint32_t i = s->free_slots[--s->nfree];
-  bs_slot *slot = &s->slots[i];
-  slot->req = req;
-  slot->gen++;
-  slot->live = 1;
-  slot->op = (uint8_t)op;
-  slot->held = NULL;
-  slot->rbuf = NULL;
-  slot->rsize = 0;
-  slot->off = 0;
-  s->requests++;
-  if (++s->in_flight > s->max_in_flight) s->max_in_flight = s->in_flight;
-  double id = (double)i + (double)slot->gen * (double)BS_SLOTS;
-  pthread_mutex_unlock(&s->lock);
-  *out = slot;
-  return id;
-}
-
-static bs_msg *msg_new(double id, enum bs_op op, fuse_ino_t ino) {
+bs_msg *bs_msg_new(double id, enum bs_op op, fuse_ino_t ino) {
   bs_msg *m = calloc(1, sizeof(*m));
   if (m == NULL) return NULL;
   m->f[0] = id;
   m->f[1] = op;
   m->f[2] = (double)ino;
   return m;
+}
+
+static void msg_free(bs_msg *m) {
+  free(m->name);
+  free(m);
+}
+
+/* Under lock: append `m`. */
+static void append(bs_session *s, bs_msg *m) {
+  m->next = NULL;
+  if (s->tail != NULL) s->tail->next = m;
+  else s->head = m;
+  s->tail = m;
+}
+
+/*
+ * Queue a message (of `slot`'s request, or news when `slot` is NULL); wake JavaScript
+ * only on the empty -> non-empty edge, so requests that arrive while it is busy reach it
+ * together, in one call. A request's message is always queued before any interrupt news
+ * of it: an interrupt that came first is queued right behind it, under the same lock.
+ * Once the environment is going away, nothing more is queued (the thread-safe function
+ * is about to be freed).
+ */
+void bs_post(bs_session *s, bs_msg *m, bs_slot *slot) {
+  pthread_mutex_lock(&s->lock);
+  if (s->env_gone) {
+    pthread_mutex_unlock(&s->lock);
+    msg_free(m);
+    return;
+  }
+  append(s, m);
+  if (slot != NULL) {
+    slot->posted = 1;
+    bs_msg *interrupt = slot->early_intr ? bs_msg_new(-1, OP_INTERRUPT, 0) : NULL;
+    if (interrupt != NULL) {
+      interrupt->f[6] = m->f[0];
+      append(s, interrupt);
+    }
+  }
+  if (!s->signaled) {
+    s->signaled = 1;
+    napi_call_threadsafe_function(s->tsfn, NULL, napi_tsfn_nonblocking);
+  }
+  pthread_mutex_unlock(&s->lock);
 }
 
 static void fill_ctx(bs_msg *m, fuse_req_t req) {
@@ -74,13 +80,14 @@ static void fill_ctx(bs_msg *m, fuse_req_t req) {
   m->f[9] = ctx->pid;
 }
 
-/* The common path: slot, message with the caller, optional name; ENOMEM if we cannot. */
+/* The common path: slot, message with the caller, optional name. NULL when the request
+ * has been answered already (EAGAIN, EBUSY or ENOMEM). */
 static bs_msg *begin(fuse_req_t req, enum bs_op op, fuse_ino_t ino, const char *name, bs_slot **slot_out) {
   bs_session *s = session_of(req);
   bs_slot *slot;
-  double id = slot_open(s, req, op, &slot);
+  double id = bs_slot_open(s, req, op, &slot);
   if (id < 0) return NULL;
-  bs_msg *m = msg_new(id, op, ino);
+  bs_msg *m = bs_msg_new(id, op, ino);
   if (m != NULL && name != NULL) {
     m->name = strdup(name);
     if (m->name == NULL) {
@@ -89,35 +96,56 @@ static bs_msg *begin(fuse_req_t req, enum bs_op op, fuse_ino_t ino, const char *
     }
   }
   if (m == NULL) {
-    bs_release_slot(s, slot);
-    fuse_reply_err(req, ENOMEM);
+    if (bs_claim(s, id) != NULL) {
+      fuse_reply_err(req, ENOMEM);
+      bs_release_slot(s, slot);
+    }
     return NULL;
   }
   fill_ctx(m, req);
-  if (slot_out != NULL) *slot_out = slot;
+  *slot_out = slot;
   return m;
 }
 
 static void simple(fuse_req_t req, enum bs_op op, fuse_ino_t ino, const char *name, double fh, double arg) {
-  bs_msg *m = begin(req, op, ino, name, NULL);
+  bs_slot *slot;
+  bs_msg *m = begin(req, op, ino, name, &slot);
   if (m == NULL) return;
   m->f[3] = fh;
   m->f[6] = arg;
-  bs_post(session_of(req), m);
+  bs_post(session_of(req), m, slot);
 }
 
-/* libfuse calls this with the request still allocated; the slot may already have been
- * answered (then it is no longer live, or holds another request): nothing to say. */
+/* News that needs no slot; `ino`, `fh` and `arg` as for a request. */
+static void post_news(bs_session *s, enum bs_op op, fuse_ino_t ino, double fh, double arg) {
+  bs_msg *m = bs_msg_new(-1, op, ino);
+  if (m == NULL) return; /* out of memory: a handle or node kept a little longer */
+  m->f[3] = fh;
+  m->f[6] = arg;
+  bs_post(s, m, NULL);
+}
+
+/* libfuse calls this (on any reader, with the request still allocated) when the kernel
+ * interrupts `req`. The slot may already have been answered (then it is no longer live,
+ * or holds another request): nothing to say. Not yet queued: bs_post says it. */
 static void on_interrupt(fuse_req_t req, void *data) {
   bs_session *s = session_of(req);
   bs_slot *slot = data;
-  double id = -1;
+  bs_msg *m = bs_msg_new(-1, OP_INTERRUPT, 0);
   pthread_mutex_lock(&s->lock);
-  if (slot->live && slot->req == req) id = (double)(slot - s->slots) + (double)slot->gen * (double)BS_SLOTS;
+  int mine = slot->live == 1 && slot->req == req;
+  if (mine && !slot->posted) slot->early_intr = 1;
+  if (mine && slot->posted && m != NULL && !s->env_gone) {
+    m->f[6] = bs_slot_id(slot);
+    append(s, m);
+    m = NULL;
+    if (!s->signaled) {
+      s->signaled = 1;
+      napi_call_threadsafe_function(s->tsfn, NULL, napi_tsfn_nonblocking);
+    }
+  }
   pthread_mutex_unlock(&s->lock);
-  if (id < 0) return;
-  bs_msg *m = msg_new(id, OP_INTERRUPT, 0);
-  if (m != NULL) bs_post(s, m);
+  if (m != NULL) msg_free(m);
 }
 
 static void op_init(void *userdata, struct fuse_conn_info *conn) {
@@ -138,22 +166,15 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
   simple(req, OP_LOOKUP, parent, name, 0, 0);
 }
 
-static void post_forget(bs_session *s, fuse_ino_t ino, uint64_t nlookup) {
-  bs_msg *m = msg_new(-1, OP_FORGET, ino);
-  if (m == NULL) return; /* a node kept a little longer: harmless */
-  m->f[6] = (double)nlookup;
-  bs_post(s, m);
-}
-
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
   bs_session *s = session_of(req);
   fuse_reply_none(req);
-  post_forget(s, ino, nlookup);
+  post_news(s, OP_FORGET, ino, 0, (double)nlookup);
 }
 
 static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
   bs_session *s = session_of(req);
-  for (size_t i = 0; i < count; i++) post_forget(s, forgets[i].ino, forgets[i].nlookup);
+  for (size_t i = 0; i < count; i++) post_news(s, OP_FORGET, forgets[i].ino, 0, (double)forgets[i].nlookup);
   fuse_reply_none(req);
 }
 
@@ -162,12 +183,13 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
-  bs_msg *m = begin(req, OP_SETATTR, ino, NULL, NULL);
+  bs_slot *slot;
+  bs_msg *m = begin(req, OP_SETATTR, ino, NULL, &slot);
   if (m == NULL) return;
   m->f[3] = fi != NULL ? (double)fi->fh : -1;
   m->f[5] = (double)attr->st_size;
   m->f[6] = to_set;
-  bs_post(session_of(req), m);
+  bs_post(session_of(req), m, slot);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
@@ -176,57 +198,69 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
   bs_session *s = session_of(req);
+  if (bs_fast_read(s, req, ino, size, off)) return;
   bs_slot *slot;
   bs_msg *m = begin(req, OP_READ, ino, NULL, &slot);
   if (m == NULL) return;
-  bs_buf *b = bs_read_get(s, size > 0 ? size : 1);
-  if (b == NULL) {
-    free(m);
-    bs_release_slot(s, slot);
-    fuse_reply_err(req, ENOMEM);
-    return;
-  }
-  slot->rbuf = b;
+  /* No buffer yet: JavaScript asks for one (readBuffer) when it has the data, so a
+   * read that waits (an /events reader) holds only its slot. */
   slot->rsize = size;
   m->f[3] = (double)fi->fh;
   m->f[4] = (double)off;
   m->f[5] = (double)size;
-  m->data = b->mem;
-  m->data_len = size;
   /* Registered before JavaScript can see (and answer) the request, so the slot is
-   * still this request's: a reader killed while it waits (an /events read) is told at
-   * once. If it was interrupted already, on_interrupt runs now, before the request's
-   * own message; JavaScript keeps such early news for the request that follows. */
+   * still this request's: a reader killed while it waits is told at once. */
   fuse_req_interrupt_func(req, on_interrupt, slot);
-  bs_post(s, m);
+  bs_post(s, m, slot);
 }
 
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
   bs_session *s = session_of(req);
+  if (bs_fast_write(s, req, ino, buf, size, off)) return;
   bs_slot *slot;
   bs_msg *m = begin(req, OP_WRITE, ino, NULL, &slot);
   if (m == NULL) return;
-  /* The payload stays where libfuse read it: this receive buffer is the write's until
-   * its reply. */
-  slot->held = bs_current_recv;
-  bs_recv_claimed = 1;
+  if (bs_recv_may_hold(s)) {
+    /* The payload stays where libfuse read it: this receive buffer is the write's
+     * until its reply. */
+    slot->held = bs_current_recv;
+    bs_recv_claimed = 1;
+    m->data = (void *)buf;
+  } else {
+    /* Receive buffers are short (many writes wait): copy the payload out, so the
+     * readers can go on receiving (thaw, mkdir, reads). */
+    slot->copied = bs_read_get(s, size > 0 ? size : 1);
+    if (slot->copied == NULL) {
+      free(m);
+      if (bs_claim(s, bs_slot_id(slot)) != NULL) {
+        fuse_reply_err(req, ENOMEM);
+        bs_release_slot(s, slot);
+      }
+      return;
+    }
+    memcpy(slot->copied->mem, buf, size);
+    m->data = slot->copied->mem;
+  }
   m->f[3] = (double)fi->fh;
   m->f[4] = (double)off;
   m->f[5] = (double)size;
-  m->data = (void *)buf;
   m->data_len = size;
-  bs_post(s, m);
+  bs_post(s, m, slot);
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  if (bs_fast_flush(session_of(req), req, ino)) return;
   simple(req, OP_FLUSH, ino, NULL, (double)fi->fh, 0);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  simple(req, OP_RELEASE, ino, NULL, (double)fi->fh, 0);
+  bs_session *s = session_of(req);
+  fuse_reply_err(req, 0);
+  post_news(s, OP_RELEASE, ino, (double)fi->fh, 0);
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
+  if (bs_fast_fsync(session_of(req), req, ino)) return;
   simple(req, OP_FSYNC, ino, NULL, (double)fi->fh, datasync);
 }
 
@@ -243,11 +277,13 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
   m->f[3] = (double)fi->fh;
   m->f[4] = (double)off;
   m->f[5] = (double)size;
-  bs_post(session_of(req), m);
+  bs_post(session_of(req), m, slot);
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-  simple(req, OP_RELEASEDIR, ino, NULL, (double)fi->fh, 0);
+  bs_session *s = session_of(req);
+  fuse_reply_err(req, 0);
+  post_news(s, OP_RELEASEDIR, ino, (double)fi->fh, 0);
 }
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {

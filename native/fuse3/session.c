@@ -1,9 +1,23 @@
 /*
- * One FUSE session: mount, reader threads, the reply thread, slots, and the close that
- * tears them down in order (readers joined, every unanswered request answered, reply
- * thread joined, session destroyed, watchdog told all is well).
+ * One FUSE session: mount, reader threads, the reply thread, and the close that tears
+ * them down in order (readers joined, every unanswered request answered, reply thread
+ * joined, session destroyed, watchdog told all is well).
+ *
+ * Several readers: each receives into its own buffer and processes what it received,
+ * so a fast request costs one wake-up and several are served at once. Two start with
+ * the session; when a reader takes a request and none is left waiting in the kernel,
+ * it starts another (up to the session's limit), as libfuse's own multi-threaded loop
+ * does, so a deep queue of slow origin I/O gets as many threads as it keeps busy.
+ * Readers stay until the session ends. A reader never
+ * calls fuse_session_exit: libfuse 3.14 makes every other reader drop (never answer)
+ * the next request it receives once the session is marked exited. The session ends
+ * when the kernel ends it (unmount, abort): each reader then gets ENODEV and leaves,
+ * and the last one out tells JavaScript. A reader that meets any other receive error
+ * ends the session for all by aborting our connection, so none is left serving alone
+ * and no request is silently dropped.
  */
 #include "session.h"
+#include "fastpath.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,12 +36,11 @@ bs_session *bs_session_create(const char *mountpoint, int argc, char **argv, int
   pthread_mutex_init(&s->reply_lock, NULL);
   pthread_cond_init(&s->reply_cond, NULL);
   s->watchdog_fd = -1;
-  s->want_readers = readers < 1 ? 1 : readers > 4 ? 4 : readers;
-  /* Enough receive buffers for every write the kernel may have in flight (64
-   * background + a few synchronous) plus one per reader; more would only be memory. */
-  s->recv_max = 72 + (unsigned)s->want_readers;
-  for (uint32_t i = 0; i < BS_SLOTS; i++) s->free_slots[i] = BS_SLOTS - 1 - i;
-  s->nfree = BS_SLOTS;
+  s->want_readers = readers < 1 ? 1 : readers > BS_MAX_READERS ? BS_MAX_READERS : readers;
+  /* Receive buffers: enough for the writes the kernel may have in flight to be held
+   * without a copy (64 background + some synchronous), plus two per reader that are
+   * never held (bs_recv_may_hold); past that, payloads are copied out. */
+  s->recv_max = 64 + 4 * (unsigned)s->want_readers;
   s->mountpoint = strdup(mountpoint);
 
   struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -52,37 +65,82 @@ fail:
 }
 
 static void post_end(bs_session *s, int error) {
-  bs_msg *m = calloc(1, sizeof(*m));
+  bs_msg *m = bs_msg_new(-1, OP_END, 0);
   if (m == NULL) return;
-  m->f[0] = -1;
-  m->f[1] = OP_END;
   m->f[3] = error;
-  bs_post(s, m);
+  bs_post(s, m, NULL);
+}
+
+static void *reader_main(void *arg);
+static void post_end(bs_session *s, int error);
+
+/* Under lock: claim the next reader's place; the caller starts it (start_claimed). */
+static int claim_reader(bs_session *s) {
+  if (s->closing || s->nreaders >= s->want_readers) return -1;
+  s->readers_alive++;
+  s->readers_idle++; /* counted idle from now, so no second one is started for the same need */
+  return s->nreaders++;
+}
+
+static int start_claimed(bs_session *s, int i) {
+  if (pthread_create(&s->readers[i], NULL, reader_main, s) == 0) return 0;
+  pthread_mutex_lock(&s->lock);
+  /* It never ran: give its place back (places are only ever taken from the end). If the
+   * others have left meanwhile, it was the last: say the session is over. */
+  int last = --s->readers_alive == 0;
+  if (last) s->ended = 1;
+  s->readers_idle--;
+  if (s->nreaders == i + 1) s->nreaders = i;
+  pthread_mutex_unlock(&s->lock);
+  if (last) post_end(s, EAGAIN);
+  return -1;
+}
+
+/* Under lock, then not: a reader took a request; if none is left waiting, start one. */
+static void maybe_start_reader(bs_session *s) {
+  pthread_mutex_lock(&s->lock);
+  int i = s->readers_idle == 0 ? claim_reader(s) : -1;
+  pthread_mutex_unlock(&s->lock);
+  if (i >= 0) start_claimed(s, i);
 }
 
 static void *reader_main(void *arg) {
   bs_session *s = arg;
   int error = 0;
-  while (!fuse_session_exited(s->se)) {
+  for (;;) {
     bs_buf *b = bs_recv_get(s);
-    if (b == NULL) break;
+    if (b == NULL) break; /* closing */
     struct fuse_buf fbuf = {.mem = b->mem, .size = BS_RECV_SIZE};
     int res = fuse_session_receive_buf(s->se, &fbuf);
+    pthread_mutex_lock(&s->lock);
+    s->readers_idle--;
+    pthread_mutex_unlock(&s->lock);
     if (res == -EINTR || res == -EAGAIN) {
       bs_recv_put(s, b);
+      pthread_mutex_lock(&s->lock);
+      s->readers_idle++;
+      pthread_mutex_unlock(&s->lock);
       continue;
     }
     if (res <= 0) {
       bs_recv_put(s, b);
-      if (res < 0) error = -res;
+      /* 0: the kernel ended the session (ENODEV). Anything else: end it for everyone. */
+      if (res < 0) {
+        error = -res;
+        if (bs_abort_connection(s) != 0) bs_session_unmount(s, 1);
+      }
       break;
     }
+    maybe_start_reader(s);
     bs_current_recv = b;
     bs_recv_claimed = 0;
     fuse_session_process_buf(s->se, &fbuf);
     if (!bs_recv_claimed) bs_recv_put(s, b);
+    pthread_mutex_lock(&s->lock);
+    s->readers_idle++;
+    pthread_mutex_unlock(&s->lock);
   }
-  fuse_session_exit(s->se);
+  bs_fast_thread_exit();
   pthread_mutex_lock(&s->lock);
   int last = --s->readers_alive == 0;
   if (last) s->ended = 1;
@@ -105,15 +163,14 @@ static void *reply_main(void *arg) {
     s->reply_head = job->next;
     if (s->reply_head == NULL) s->reply_tail = NULL;
     pthread_mutex_unlock(&s->reply_lock);
-    bs_slot *slot = &s->slots[job->slot];
+    bs_slot *slot = bs_slot_at(s, job->slot);
     fuse_reply_buf(slot->req, slot->rbuf->mem, job->len);
     bs_release_slot(s, slot);
     free(job);
   }
 }
 
-int bs_session_start(bs_session *s, napi_env env, napi_value on_batch, char *err, size_t errlen) {
-  (void)env; (void)on_batch;
+int bs_session_start(bs_session *s, char *err, size_t errlen) {
   if (bs_watchdog_start(s) != 0) {
     snprintf(err, errlen, "cannot start the unmount watchdog: %s", strerror(errno));
     return -1;
@@ -122,54 +179,21 @@ int bs_session_start(bs_session *s, napi_env env, napi_value on_batch, char *err
     snprintf(err, errlen, "cannot start the reply thread");
     return -1;
   }
-  pthread_mutex_lock(&s->lock);
-  s->readers_alive = s->want_readers;
-  pthread_mutex_unlock(&s->lock);
-  for (int i = 0; i < s->want_readers; i++) {
-    if (pthread_create(&s->readers[i], NULL, reader_main, s) != 0) {
-      pthread_mutex_lock(&s->lock);
-      s->readers_alive -= s->want_readers - i;
-      pthread_mutex_unlock(&s->lock);
+  s->reply_started = 1;
+  int first = s->want_readers < 2 ? s->want_readers : 2;
+  for (int n = 0; n < first; n++) {
+    pthread_mutex_lock(&s->lock);
+    int i = claim_reader(s);
+    pthread_mutex_unlock(&s->lock);
+    if (i < 0 || start_claimed(s, i) != 0) {
       snprintf(err, errlen, "cannot start a reader thread");
       return -1;
     }
-    s->nreaders = i + 1;
   }
   return 0;
 }
 
-/* The slot `id` names, claimed for its one reply; NULL if it is not live (a second
- * reply, or one after close). */
-bs_slot *bs_claim(bs_session *s, double id) {
-  if (!(id >= 0)) return NULL;
-  uint64_t n = (uint64_t)id;
-  uint32_t i = (uint32_t)(n % BS_SLOTS);
-  uint32_t gen = (uint32_t)(n / BS_SLOTS);
-  bs_slot *slot = NULL;
-  pthread_mutex_lock(&s->lock);
-  if (s->slots[i].live == 1 && s->slots[i].gen == gen) {
-    slot = &s->slots[i];
-    slot->live = 2; /* replying: no second claim, no interrupt news */
-  }
-  pthread_mutex_unlock(&s->lock);
-  return slot;
-}
-
-/* After the reply: give back what the request held and the slot itself. */
-void bs_release_slot(bs_session *s, bs_slot *slot) {
-  bs_buf *held = slot->held, *rbuf = slot->rbuf;
-  slot->held = NULL;
-  slot->rbuf = NULL;
-  if (held != NULL) bs_recv_put(s, held);
-  if (rbuf != NULL) bs_read_put(s, rbuf);
-  pthread_mutex_lock(&s->lock);
-  slot->live = 0;
-  slot->req = NULL;
-  s->free_slots[s->nfree++] = (uint32_t)(slot - s->slots);
-  s->in_flight--;
-  pthread_mutex_unlock(&s->lock);
-}
-
+/* A read reply JavaScript produced, sent from the reply thread (the slot is claimed). */
 void bs_queue_big_reply(bs_session *s, bs_slot *slot, size_t len) {
   bs_reply_job *job = malloc(sizeof(*job));
   if (job == NULL) {
@@ -178,7 +202,7 @@ void bs_queue_big_reply(bs_session *s, bs_slot *slot, size_t len) {
     return;
   }
   job->next = NULL;
-  job->slot = (uint32_t)(slot - s->slots);
+  job->slot = slot->index;
   job->len = len;
   pthread_mutex_lock(&s->reply_lock);
   if (s->reply_tail != NULL) s->reply_tail->next = job;
@@ -207,32 +231,33 @@ void bs_session_close(bs_session *s) {
   if (!ended && s->nreaders > 0) {
     if (bs_abort_connection(s) != 0) bs_session_unmount(s, 1);
   }
-  for (int i = 0; i < s->nreaders; i++) pthread_join(s->readers[i], NULL);
+  /* No reader starts another once `closing` is set, so nreaders is final now. */
+  pthread_mutex_lock(&s->lock);
+  int nreaders = s->nreaders;
+  pthread_mutex_unlock(&s->lock);
+  for (int i = 0; i < nreaders; i++) pthread_join(s->readers[i], NULL);
   s->nreaders = 0;
 
   pthread_mutex_lock(&s->reply_lock);
   s->reply_stop = 1;
   pthread_cond_signal(&s->reply_cond);
   pthread_mutex_unlock(&s->reply_lock);
-  if (s->reply_thread) pthread_join(s->reply_thread, NULL);
+  if (s->reply_started) pthread_join(s->reply_thread, NULL);
+  s->reply_started = 0;
 
   /* Every request still unanswered gets EIO now, so none is left to libfuse's session
    * after it is gone; a later reply from JavaScript finds no live slot. */
-  for (uint32_t i = 0; i < BS_SLOTS; i++) {
-    bs_slot *slot = &s->slots[i];
-    if (slot->live == 1) {
-      slot->live = 2;
-      fuse_reply_err(slot->req, EIO);
-      bs_release_slot(s, slot);
-    }
-  }
-  while (s->head != NULL) {
-    bs_msg *m = s->head;
-    s->head = m->next;
+  bs_slots_fail_all(s, EIO);
+  pthread_mutex_lock(&s->lock);
+  bs_msg *queued = s->head;
+  s->head = s->tail = NULL;
+  pthread_mutex_unlock(&s->lock);
+  while (queued != NULL) {
+    bs_msg *m = queued;
+    queued = m->next;
     free(m->name);
     free(m);
   }
-  s->tail = NULL;
   /* The session has ended, so this only closes the device: the mount point may
    * already belong to a new mount, which must not be touched. */
   fuse_session_unmount(s->se);

@@ -31,6 +31,7 @@ import { openOriginWhenFree } from './origin-wait.js';
 import { onLogFailure } from './logger.js';
 import { CbtPersistence } from './cbt-persistence.js';
 import { OutsideWriteWatch } from './outside-write-watch.js';
+import { serveOriginNatively } from './fast-path.js';
 
 const MIN_DEFAULT_DIFF = 64 * 2 ** 20;
 const MAX_DEFAULT_THRESHOLD = 512 * 2 ** 20;
@@ -154,6 +155,12 @@ export class Daemon {
         fsname: origin.identity.path,
         allowOther: opts.allowOther,
       }, log);
+      if (opts.fastPath && session.attachFastPath !== undefined && !origin.readOnly) {
+        // Its C writes keep no tally yet (origin-write-accounting.ts): the watch's rules
+        // that need one stop before the first of them (fanotify still names writers).
+        watch.writersUntallied('the native fast path');
+      }
+      if (opts.fastPath) serveOriginNatively(engine, session, log);
       log.info({ origin: origin.identity, mountpoint, geometry, diff_storage: storage.stats(), transport: opts.transport }, 'mounted');
       return new Daemon(engine, session, tree, log, cbt, watch);
     } catch (err) {

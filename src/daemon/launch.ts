@@ -45,11 +45,24 @@ export async function runForeground(origin: string, mountpoint: string, opts: Mo
   return 0;
 }
 
+/**
+ * The daemon's environment: ours, except that BLKSNAPFS_DAEMON_PRELOAD becomes the
+ * daemon's LD_PRELOAD (and only the daemon's). Sanitizer runs of the addon use it
+ * (scripts/sanitize-tests.sh): preloading ASan into every tool a test runs (dd, mkfs,
+ * fio, ...) would slow them all down and test them, not us.
+ */
+function daemonEnv(): NodeJS.ProcessEnv {
+  const preload = process.env['BLKSNAPFS_DAEMON_PRELOAD'];
+  if (preload === undefined || preload === '') return process.env;
+  return { ...process.env, LD_PRELOAD: preload };
+}
+
 export function runBackground(origin: string, mountpoint: string, opts: MountOptions): Promise<number> {
   return new Promise((resolveExit) => {
     // The daemon runs in / (it must not keep the caller's directory busy): paths are made absolute here.
     const child = spawn(process.execPath, [entry, resolve(origin), resolve(mountpoint), toOptionString(opts)], {
       cwd: '/',
+      env: daemonEnv(),
       detached: true,
       stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
     });

@@ -10,7 +10,7 @@ import { checkUnit } from '../engine/geometry.js';
 import { MAX_EVENT_BACKLOG, MIN_EVENT_BACKLOG } from '../engine/event-queue.js';
 import { TRANSPORTS, type TransportName } from '../fuse/transport.js';
 
-export type OptionKind = 'flag' | 'size' | 'path' | 'uint' | 'level' | 'unit' | 'transport';
+export type OptionKind = 'flag' | 'size' | 'path' | 'uint' | 'level' | 'unit' | 'transport' | 'switch';
 
 export interface OptionSpec {
   name: string;
@@ -35,6 +35,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { name: 'uid', kind: 'uint', help: 'owner of the files in the mount' },
   { name: 'gid', kind: 'uint', help: 'group of the files in the mount' },
   { name: 'transport', kind: 'transport', help: 'the FUSE binding: libfuse3 (asynchronous, the default) or fuse-native (libfuse 2, compatibility)' },
+  { name: 'fast_path', kind: 'switch', help: 'on (the default with libfuse3): origin reads and writes that need no copy are served natively, without JavaScript; off: every request goes through the engine (for comparison and diagnosis)' },
   { name: 'foreground', kind: 'flag', help: 'stay in the foreground and log to stderr' },
   { name: 'log', kind: 'path', help: 'append pino JSON logs to this file' },
   { name: 'log_level', kind: 'level', help: 'fatal, error, warn, info, debug or trace (default: info)' },
@@ -65,13 +66,14 @@ export interface MountOptions {
   uid?: number;
   gid?: number;
   transport: TransportName;
+  fastPath: boolean;
   foreground: boolean;
   log?: string;
   logLevel: string;
 }
 
 export function emptyOptions(): MountOptions {
-  return { cbtTrust: false, readOnly: false, allowOther: false, defaultPermissions: false, transport: 'libfuse3', foreground: false, logLevel: 'info' };
+  return { cbtTrust: false, readOnly: false, allowOther: false, defaultPermissions: false, transport: 'libfuse3', fastPath: true, foreground: false, logLevel: 'info' };
 }
 
 function bad(message: string): never {
@@ -122,6 +124,10 @@ export function applyOption(opts: MountOptions, name: string, value: string | un
       opts.transport = t;
       break;
     }
+    case 'fast_path':
+      if (v !== 'on' && v !== 'off') bad('fast_path must be on or off');
+      opts.fastPath = v === 'on';
+      break;
     case 'foreground': opts.foreground = true; break;
     case 'log': opts.log = resolve(v); break;
     case 'log_level':
@@ -161,6 +167,7 @@ export function toOptionString(opts: MountOptions): string {
   if (opts.uid !== undefined) out.push(`uid=${opts.uid}`);
   if (opts.gid !== undefined) out.push(`gid=${opts.gid}`);
   out.push(`transport=${opts.transport}`);
+  out.push(`fast_path=${opts.fastPath ? 'on' : 'off'}`);
   if (opts.foreground) out.push('foreground');
   if (opts.log !== undefined) out.push(`log=${esc(opts.log)}`);
   out.push(`log_level=${opts.logLevel}`);

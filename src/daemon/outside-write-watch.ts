@@ -54,7 +54,7 @@ export interface OutsideWriteWatchSpec {
   accounting: OriginWriteAccounting;
   log: PinoLogger;
   /** A write from outside was seen while mounted (not called for the final check). */
-  onDetected(detection: Detection): void;
+  onDetected(detection: Detection): Promise<void>;
 }
 
 interface NamedWatch {
@@ -132,6 +132,11 @@ export class OutsideWriteWatch {
   private countersBase: SectorCounters | null = null;
   private last: Detection | null = null;
   private detections = 0;
+  /**
+   * Set when some writer of the origin in this process keeps no tally (see
+   * `writersUntallied`): the rules that need one (time stamps, counters, inotify) are off.
+   */
+  private untallied: string | null = null;
   private running: Promise<Detection | null> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private failureLogged = false;
@@ -166,7 +171,7 @@ export class OutsideWriteWatch {
   private async setUp(): Promise<void> {
     const { origin, accounting } = this.spec;
     if (origin.identity.kind === 'file') {
-      const why = this.fanotify(origin.descriptor, 'the origin file', false);
+      const why = this.fanotify(origin.fd, 'the origin file', false);
       if (why === null) this.watchedBy.push('fanotify');
       else this.cannotSee.push(`writes by other processes made while this mount also writes (${why})`);
       this.watchedBy.push('timestamps');
@@ -193,7 +198,7 @@ export class OutsideWriteWatch {
       this.cannotSee.push('writes into this partition through the whole disk, made while this mount also writes');
     }
     try {
-      this.inotify = ModifyWatch.inotify(origin.descriptor);
+      this.inotify = ModifyWatch.inotify(origin.fd);
       this.inotifyBegun = accounting.tally().begun;
       this.watchedBy.push('inotify');
     } catch (err) {
@@ -214,6 +219,25 @@ export class OutsideWriteWatch {
     } finally {
       await backing.handle.close();
     }
+  }
+
+  /**
+   * From now on some writer of the origin in this process (the native fast path) writes
+   * without feeding `accounting`: a change of the time stamps or the counters, or an
+   * inotify event, may then be ours, so those rules stop; fanotify (which names the
+   * writer) goes on. Call it before that writer's first write. The way back is to feed
+   * its tally into `accounting` (origin-write-accounting.ts `sumOfAccountings`).
+   */
+  writersUntallied(who: string): void {
+    if (this.untallied !== null) return;
+    this.untallied = who;
+    const off: DetectionMethod[] = ['timestamps', 'write-counters', 'inotify'];
+    const wasOn = this.watchedBy.filter((m) => off.includes(m));
+    if (wasOn.length === 0) return;
+    this.watchedBy.splice(0, this.watchedBy.length, ...this.watchedBy.filter((m) => !off.includes(m)));
+    this.cannotSee.push(this.spec.origin.identity.kind === 'file'
+      ? `writes that no write(2)-like call makes (a shared mapping, a loop device attached to the image file, another host) at any time: ${who} keeps no tally of its writes, so the time stamps prove nothing`
+      : `writes through the device's node or a shared mapping of it, at any time: ${who} keeps no tally of its writes, so the counters and inotify prove nothing`);
   }
 
   /** Look now; a detection is reported to `onDetected`. One look at a time: callers share it. */
@@ -262,7 +286,11 @@ export class OutsideWriteWatch {
     this.last = detection;
     this.detections++;
     this.spec.log.warn({ how: detection.how, detail: detection.detail, final }, 'the origin was written outside the mount');
-    if (!final) this.spec.onDetected(detection);
+    if (!final) {
+      await this.spec.onDetected(detection).catch((err: unknown) => {
+        this.spec.log.error({ err: err instanceof Error ? err.message : String(err) }, 'cannot end change tracking after a write made outside the mount');
+      });
+    }
     return detection;
   }
 
@@ -285,6 +313,8 @@ export class OutsideWriteWatch {
     const notices = this.inotify?.drain() ?? null;
     const t2 = accounting.tally();
     const quiet = t1.ended === t2.begun;
+    // Checked after the reads: a writer that keeps no tally may have begun meanwhile.
+    if (this.untallied !== null) return found;
 
     if (stamp !== null) {
       const base = this.stampBase;

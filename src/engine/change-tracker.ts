@@ -43,7 +43,12 @@ export interface TrackerState {
 export class ChangeTracker {
   readonly blockSize: number;
   readonly blockCount: number;
-  private map: Uint8Array;
+  /**
+   * The active map. Its memory is its own ArrayBuffer, fixed for the tracker's life
+   * (never replaced, never a slice of a pool): the native fast path marks these very
+   * bytes (fast-path-state.ts).
+   */
+  private readonly map: Uint8Array;
   private active = 1;
   private generation: string;
   private started = new Date();
@@ -58,7 +63,7 @@ export class ChangeTracker {
   constructor(blockSize: number, blockCount: number, generationId: string = uuidv4()) {
     this.blockSize = blockSize;
     this.blockCount = blockCount;
-    this.map = new Uint8Array(blockCount);
+    this.map = new Uint8Array(new ArrayBuffer(blockCount));
     this.generation = generationId;
   }
 
@@ -76,7 +81,7 @@ export class ChangeTracker {
       throw new RangeError(`saved change number ${state.activeNumber} is out of range`);
     }
     const tracker = new ChangeTracker(blockSize, blockCount, state.generationId);
-    tracker.map = state.map;
+    tracker.map.set(state.map);
     tracker.active = state.activeNumber;
     tracker.started = state.generationStarted;
     tracker.reason = state.generationReason;
@@ -105,12 +110,18 @@ export class ChangeTracker {
     return { generationId: this.generation, generationStarted: this.started, generationReason: this.reason, activeNumber: this.active, map: this.map };
   }
 
-  /** Mark the blocks covering [offset, offset + length) as changed in this period. */
+  /**
+   * Mark the blocks covering [offset, offset + length) as changed in this period. One
+   * atomic store per block that is not marked yet, not a fill: the native fast path
+   * marks the same bytes from its threads at the same time (with the same value).
+   */
   mark(offset: number, length: number): void {
     if (length <= 0) return;
     const first = Math.floor(offset / this.blockSize);
     const last = Math.min(this.blockCount - 1, Math.floor((offset + length - 1) / this.blockSize));
-    this.map.fill(this.active, first, last + 1);
+    const map = this.map;
+    const active = this.active;
+    for (let b = first; b <= last; b++) if (map[b] !== active) Atomics.store(map, b, active);
   }
 
   /** End the period: return the map as of now, and start the next period. */

@@ -26,6 +26,9 @@
  *   origin: a write to that chunk waits for them after its copy and before its write.
  * - Each snapshot's private chunks (private-chunks.ts) are changed under a per-chunk
  *   queue: one image write of a chunk at a time.
+ * - The native fast path (fast-path-state.ts), once attached: C writers pass the same
+ *   gate, and a write publishes its chunks as needing no copy once prepareWrite has
+ *   settled, from inside the gate.
  */
 import type { OriginDevice } from '../storage/origin-device.js';
 import { AlignedBufferPool } from '../storage/aligned.js';
@@ -33,6 +36,7 @@ import type { ChangeTracker } from './change-tracker.js';
 import { ChunkCopies } from './chunk-copy.js';
 import type { EventQueue } from './event-queue.js';
 import type { ExceptionStore } from './exception-store.js';
+import { FastPathState } from './fast-path-state.js';
 import type { Geometry } from './geometry.js';
 import { ImageReads } from './image-reads.js';
 import { ImageWrites } from './image-writes.js';
@@ -66,6 +70,8 @@ export class DiffArea {
   private readonly chunks: ChunkCopies;
   private readonly imageReads: ImageReads;
   private readonly imageWrites: ImageWrites;
+  /** The native fast path's shared state, once a transport serves from it. */
+  private fast: FastPathState | null = null;
 
   constructor(private readonly parts: DiffAreaParts) {
     const { origin, store, geometry, snapshots } = parts;
@@ -111,8 +117,12 @@ export class DiffArea {
       const first = Math.floor(position / cs);
       const last = Math.floor((position + length - 1) / cs);
       // Every copy of this write settles before it leaves the gate (see chunk-copy.ts).
-      const prepared = this.chunks.prepareWrite(first, last, this.parts.snapshots.newestLiveSeq);
+      const newest = this.parts.snapshots.newestLiveSeq;
+      const prepared = this.chunks.prepareWrite(first, last, newest);
       if (prepared !== null) await prepared;
+      // Every copy settled and no image reader reads these chunks from the origin: C may
+      // write them until the next take (fast-path-state.ts).
+      if (newest > 0) this.fast?.noCopyNeeded(first, last);
       this.parts.tracker.mark(position, length);
       await this.parts.origin.write(buf, offset, length, position);
     } finally {
@@ -130,6 +140,33 @@ export class DiffArea {
     return this.imageWrites.write(snap, buf, offset, length, position);
   }
 
+  /**
+   * The shared state a native fast path serves from, made now from the engine's state
+   * (every chunk "copy needed" until a write publishes it); its C writers pass the gate.
+   */
+  shareWithNative(): FastPathState {
+    if (this.fast === null) {
+      const { geometry, snapshots, tracker } = this.parts;
+      this.fast = new FastPathState(geometry.chunkCount, {
+        live: snapshots.newestLiveSeq > 0,
+        activeNumber: tracker.activeNumber,
+        gateClosed: this.gate.held,
+      });
+      this.gate.attachNative(this.fast);
+    }
+    return this.fast;
+  }
+
+  /** A take, inside its quiesce, after the change map was frozen: every chunk needs a copy again. */
+  snapshotTaken(): void {
+    this.fast?.snapshotTaken(this.parts.tracker.activeNumber);
+  }
+
+  /** Stop native serving (at close, with the gate held): no C request inside, the origin let go. */
+  stopNative(): Promise<void> {
+    return this.fast?.stopServing() ?? Promise.resolve();
+  }
+
   /** Run `fn` with the gate held and no origin write inside. */
   quiesce<T>(fn: () => T | Promise<T>): Promise<T> {
     return this.gate.quiesce(fn);
@@ -144,6 +181,7 @@ export class DiffArea {
     this.chunks.sweep();
     const { store } = this.parts;
     const privateFreed = snap.privateChunks.releaseAll((slot) => store.drop(slot));
+    if (this.parts.snapshots.newestLiveSeq === 0) this.fast?.noneLive();
     return { chunks_freed: before - this.chunks.savedCopies, private_chunks_freed: privateFreed };
   }
 

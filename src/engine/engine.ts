@@ -26,6 +26,7 @@ import type { OriginFreeze } from './origin-freeze.js';
 import { SnapshotRegistry } from './snapshot-registry.js';
 import type { Snapshot } from './snapshot.js';
 import type { EventQueue } from './event-queue.js';
+import type { FastPathState } from './fast-path-state.js';
 import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
 import { bestEffort, silentLogger, type Logger } from './logger.js';
@@ -81,7 +82,11 @@ export class SnapshotEngine {
       deviceCapacity: this.geometry.originSize,
       checkOpen,
       quiesce: (fn) => this.area.quiesce(fn),
-      freezeCbt: () => this.tracker.freeze(),
+      freezeCbt: () => {
+        const frozen = this.tracker.freeze();
+        this.area.snapshotTaken();
+        return frozen;
+      },
       released: (snap) => this.area.freeSnapshot(snap),
     });
     this.area = new DiffArea({
@@ -287,13 +292,32 @@ export class SnapshotEngine {
   /**
    * The origin was written outside the mount (the daemon's watch saw it): the active map
    * misses those blocks and the snapshots' images that still read the origin may hold
-   * them. Change tracking starts a new generation (a `cbt-reset` event, reason
-   * `origin-changed`), and every snapshot not yet released is marked corrupted (EIO, one
-   * `corrupted` event each): none of them can be proven its point in time any more.
+   * them. Every snapshot not yet released is marked corrupted (EIO, one `corrupted` event
+   * each): none of them can be proven its point in time any more. Then change tracking
+   * starts a new generation (a `cbt-reset` event, reason `origin-changed`), with the write
+   * gate closed and drained, as at a take: the native fast path marks the same map, and
+   * learns the new period's number there (diff-area.ts `snapshotTaken`).
    */
-  originWrittenOutside(detail: string): void {
-    this.tracker.reset('origin-changed');
+  async originWrittenOutside(detail: string): Promise<void> {
     this.snapshots.corruptRange(0, Number.MAX_SAFE_INTEGER, BlksnapError.of('EIO', detail), 'the origin was written outside the mount');
+    if (this.state !== 'open') return;
+    await this.area.quiesce(() => {
+      this.tracker.reset('origin-changed');
+      this.area.snapshotTaken();
+    });
+  }
+
+  // ---- the native fast path -------------------------------------------------------
+
+  /**
+   * The state a transport's native fast path serves from (fast-path-state.ts): origin
+   * reads, and writes to chunks no live snapshot needs copied, served without this
+   * engine; every other request still comes here. The caller hands the transport's
+   * handle back with `serveBy`, so that close stops it before the origin is released.
+   */
+  shareWithNative(): FastPathState {
+    this.checkOpen('serve the origin natively');
+    return this.area.shareWithNative();
   }
 
   // ---- state -------------------------------------------------------------------
@@ -330,6 +354,7 @@ export class SnapshotEngine {
       await this.area.quiesce(async () => {
         await this.reads.drained();
         try {
+          await this.area.stopNative();
           if (!this.origin.readOnly) await this.origin.flush();
           await whenSynced?.();
         } finally {

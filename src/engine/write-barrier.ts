@@ -9,7 +9,20 @@
  * gate too: it shares the closed gate instead of waiting for it to open, which would
  * deadlock `mkdir` under `freeze`. `enter` returns null on the fast path, so an
  * ordinary write allocates no promise for the barrier.
+ *
+ * With the native fast path, origin writes are also made in C: the gate then has a
+ * native half (`NativeGate`, fast-path-state.ts) that closes and opens with this one,
+ * and `drained()` waits for the C writers inside too.
  */
+
+/** The C writers' half of the gate. */
+export interface NativeGate {
+  close(): void;
+  open(): void;
+  /** null when no C writer is inside; else resolves once none is. */
+  drained(): Promise<void> | null;
+}
+
 export class WriteBarrier {
   private inFlight = 0;
   /** How many holders keep the gate closed; the gate is open exactly when this is 0. */
@@ -17,6 +30,18 @@ export class WriteBarrier {
   private gate: Promise<void> | null = null;
   private openGate: (() => void) | null = null;
   private drainWaiters: Array<() => void> = [];
+  private native: NativeGate | null = null;
+
+  /** From now on C writers pass this gate too (closed at once if held). */
+  attachNative(gate: NativeGate): void {
+    this.native = gate;
+    if (this.holds > 0) gate.close();
+  }
+
+  /** Whether a take or a freeze holds the gate closed now. */
+  get held(): boolean {
+    return this.holds > 0;
+  }
 
   /** null when the write may proceed now; otherwise wait for the promise and call again. */
   enter(): Promise<void> | null {
@@ -40,7 +65,10 @@ export class WriteBarrier {
 
   /** Close the gate to new writes until the returned release is called (once; later calls do nothing). */
   hold(): () => void {
-    if (this.holds++ === 0) this.gate = new Promise<void>((resolve) => (this.openGate = resolve));
+    if (this.holds++ === 0) {
+      this.gate = new Promise<void>((resolve) => (this.openGate = resolve));
+      this.native?.close();
+    }
     let released = false;
     return () => {
       if (released) return;
@@ -49,14 +77,16 @@ export class WriteBarrier {
       const open = this.openGate;
       this.gate = null;
       this.openGate = null;
+      this.native?.open();
       open?.();
     };
   }
 
-  /** Resolves when no write is inside (meaningful while the gate is held). */
-  drained(): Promise<void> {
-    if (this.inFlight === 0) return Promise.resolve();
-    return new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+  /** Resolves when no write, JavaScript's or C's, is inside (meaningful while the gate is held). */
+  async drained(): Promise<void> {
+    if (this.inFlight > 0) await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+    const native = this.native?.drained() ?? null;
+    if (native !== null) await native;
   }
 
   /** Run `fn` with the gate held and no write inside. */

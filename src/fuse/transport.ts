@@ -2,8 +2,9 @@
  * The transport seam: a FUSE binding that serves a FileSystem (src/views/filesystem.ts)
  * at a mount point. Two live behind it:
  * - libfuse3 (the default): our N-API addon on libfuse 3's low-level API; many requests
- *   in flight, 1 MiB requests, node ids, the caller of each request, interrupts, and a
- *   session whose end the kernel tells us.
+ *   in flight, 1 MiB requests, node ids, the caller of each request, interrupts, a
+ *   session whose end the kernel tells us, and a native fast path that serves origin
+ *   requests needing nothing from the engine in C (attachFastPath).
  * - fuse-native (compatibility): libfuse 2's high-level path API; one request at a
  *   time, 128 KiB requests, no caller, no interrupts, and the end of the session
  *   noticed by watching /proc/self/mountinfo. Kept for machines without libfuse 3.
@@ -21,6 +22,16 @@ export interface MountConfig {
   allowOther: boolean;
 }
 
+/** Origin requests served natively, without entering JavaScript. */
+export interface FastPathStats {
+  enabled: boolean;
+  reads: number;
+  writes: number;
+  read_bytes: number;
+  write_bytes: number;
+  syncs: number;
+}
+
 export interface TransportStats {
   transport: TransportName;
   /** Requests received since the mount. */
@@ -31,6 +42,33 @@ export interface TransportStats {
   max_in_flight: number;
   /** Whether each request carries its caller (uid, gid, pid). */
   credentials: boolean;
+  fast_path: FastPathStats;
+}
+
+/**
+ * What the native fast path serves from (src/engine/fast-path-state.ts owns and
+ * explains it): the shared header and chunk marks, the change map, and how to reach
+ * the origin.
+ */
+export interface FastPathSpec {
+  header: Int32Array;
+  marks: Uint8Array;
+  cbt: Uint8Array;
+  originFd: number;
+  /** The node id of /origin: the only node served natively. */
+  originIno: number;
+  originSize: number;
+  chunkSize: number;
+  blockSize: number;
+  writable: boolean;
+  /** A native writer left the closed write gate empty: whoever waits for it looks again. */
+  onDrained(): void;
+}
+
+/** The transport's handle on a running fast path. */
+export interface NativeFastPath {
+  /** Stop serving natively; resolves once no native request is inside and the origin descriptor is closed. */
+  stop(): Promise<void>;
 }
 
 export interface FuseSession {
@@ -45,6 +83,8 @@ export interface FuseSession {
   /** After `ended` and the daemon's own shutdown: stop the transport's threads. */
   close(): Promise<void>;
   stats(): TransportStats;
+  /** Serve origin requests that need nothing from the engine natively (absent where the transport cannot: fuse-native). */
+  attachFastPath?(spec: FastPathSpec): NativeFastPath;
 }
 
 export interface Transport {

@@ -65,6 +65,15 @@ export class OriginDevice {
   }
 
   /**
+   * The descriptor we hold (the native fast path duplicates it to read and write the
+   * same file; a fanotify or inotify mark through /proc/self/fd/N lands on exactly the
+   * inode we hold, modify-watch.ts). Never close it.
+   */
+  get fd(): number {
+    return this.file.fd;
+  }
+
+  /**
    * Open the origin and claim it: an exclusive open for a block device (the kernel
    * refuses it while the device is mounted or claimed elsewhere), and an flock for both
    * kinds, so a second blksnapfs mount of the same origin fails at once.
@@ -129,14 +138,6 @@ export class OriginDevice {
    */
   willNeed(offset: number, length: number): void {
     willNeed(this.file.fd, offset, Math.max(0, Math.min(length, this.identity.size - offset)));
-  }
-
-  /**
-   * The descriptor held open, for what must act on exactly the inode we hold (a
-   * fanotify or inotify mark through /proc/self/fd/N, modify-watch.ts). Never close it.
-   */
-  get descriptor(): number {
-    return this.file.fd;
   }
 
   /**

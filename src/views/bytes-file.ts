@@ -4,14 +4,14 @@
  * next) and the cbtmap (the snapshot's own map; the snapshot is referenced while open).
  */
 import { BlksnapError } from '../errors.js';
-import { clampRead, type FileView } from './file-view.js';
+import { clampRead, type FileView, type ReadTarget } from './file-view.js';
 
 export class BytesFile implements FileView {
   constructor(private readonly bytes: Uint8Array, private readonly onRelease: () => void = () => undefined) {}
 
-  read(buf: Buffer, length: number, position: number): Promise<number> {
+  read(into: ReadTarget, length: number, position: number): Promise<number> {
     const n = clampRead(this.bytes.length, length, position);
-    if (n > 0) buf.set(this.bytes.subarray(position, position + n), 0);
+    if (n > 0) into(n).set(this.bytes.subarray(position, position + n), 0);
     return Promise.resolve(n);
   }
 

@@ -9,7 +9,7 @@
  */
 import { EventCursor, type EventQueue } from '../engine/event-queue.js';
 import { BlksnapError } from '../errors.js';
-import type { FileView, IoRequest } from './file-view.js';
+import type { FileView, IoRequest, ReadTarget } from './file-view.js';
 
 const WAIT_MS = 1000;
 
@@ -24,7 +24,7 @@ export class EventsFile implements FileView {
     this.cursor = new EventCursor(queue);
   }
 
-  async read(buf: Buffer, length: number, _position: number, req: IoRequest): Promise<number> {
+  async read(into: ReadTarget, length: number, _position: number, req: IoRequest): Promise<number> {
     if (!this.hasLeftover && !this.cursor.pending && !this.released) await this.waitForEvent(req);
     if (!this.hasLeftover) {
       const text = this.cursor.take();
@@ -33,7 +33,7 @@ export class EventsFile implements FileView {
     }
     const leftover = this.leftover ?? Buffer.alloc(0);
     const n = Math.min(length, leftover.length);
-    leftover.copy(buf, 0, 0, n);
+    leftover.copy(into(n), 0, 0, n);
     this.leftover = leftover.subarray(n);
     return n;
   }

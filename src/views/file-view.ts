@@ -36,9 +36,17 @@ export const ANONYMOUS: IoRequest = {
   interruptible: false,
 };
 
+/**
+ * Where a read's bytes go: call it once, when the data is at hand, with how many bytes
+ * will be written (at most the read's length), for a buffer of at least that size. A
+ * read that waits (an /events reader) asks only after its wait, so a waiting read holds
+ * no buffer (the libfuse 3 transport hands out daemon memory only then).
+ */
+export type ReadTarget = (length: number) => Buffer;
+
 export interface FileView {
-  /** Fill buf[0, length) from `position`; return how many bytes (0 at end of file). */
-  read(buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
+  /** Read at most `length` bytes from `position` into `into(n)`; return n (0 at end of file). */
+  read(into: ReadTarget, length: number, position: number, req: IoRequest): Promise<number>;
   /** Write buf[0, length) at `position`; return how many bytes were written. */
   write(buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
   /** close(2) of a descriptor of this open file; its errors reach the caller of close. */

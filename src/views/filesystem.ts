@@ -6,7 +6,7 @@
  *
  * Every method may throw a BlksnapError; the transport answers its errno.
  */
-import type { IoRequest, RequestContext } from './file-view.js';
+import type { IoRequest, ReadTarget, RequestContext } from './file-view.js';
 
 /** FUSE's node id; 1 is the root. */
 export type NodeId = number;
@@ -48,6 +48,8 @@ export interface OpenReply {
   keepCache: boolean;
   /** A stream: no seeking (/events). */
   nonseekable: boolean;
+  /** Synchronous direct writes may run in parallel (the kernel otherwise serializes them per inode). */
+  parallelDirectWrites: boolean;
 }
 
 export interface DirEntry {
@@ -86,7 +88,7 @@ export interface FileSystem {
   getattr(ino: NodeId, fh: number | null): AttrReply;
   setattr(ino: NodeId, fh: number | null, changes: SetAttrChanges, ctx: RequestContext): AttrReply;
   open(ino: NodeId, flags: number, ctx: RequestContext): OpenReply;
-  read(fh: number, buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
+  read(fh: number, into: ReadTarget, length: number, position: number, req: IoRequest): Promise<number>;
   write(fh: number, buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
   /** close(2) of one descriptor of the open file (release comes after the last). */
   flush(fh: number, req: IoRequest): Promise<void>;

@@ -9,7 +9,7 @@
 import type { SnapshotEngine } from '../engine/engine.js';
 import type { Snapshot } from '../engine/snapshot.js';
 import { BlksnapError } from '../errors.js';
-import { clampRead, type FileView } from './file-view.js';
+import { clampRead, type FileView, type ReadTarget } from './file-view.js';
 
 export class ImageFile implements FileView {
   private released = false;
@@ -18,9 +18,9 @@ export class ImageFile implements FileView {
     engine.acquire(snapshot);
   }
 
-  async read(buf: Buffer, length: number, position: number): Promise<number> {
+  async read(into: ReadTarget, length: number, position: number): Promise<number> {
     const n = clampRead(this.snapshot.deviceCapacity, length, position);
-    if (n > 0) await this.engine.readImage(this.snapshot, buf, 0, n, position);
+    if (n > 0) await this.engine.readImage(this.snapshot, into(n), 0, n, position);
     return n;
   }
 

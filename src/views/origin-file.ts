@@ -5,14 +5,14 @@
  */
 import type { SnapshotEngine } from '../engine/engine.js';
 import { BlksnapError } from '../errors.js';
-import { clampRead, type FileView } from './file-view.js';
+import { clampRead, type FileView, type ReadTarget } from './file-view.js';
 
 export class OriginFile implements FileView {
   constructor(private readonly engine: SnapshotEngine) {}
 
-  async read(buf: Buffer, length: number, position: number): Promise<number> {
+  async read(into: ReadTarget, length: number, position: number): Promise<number> {
     const n = clampRead(this.engine.originSize, length, position);
-    if (n > 0) await this.engine.readOrigin(buf, 0, n, position);
+    if (n > 0) await this.engine.readOrigin(into(n), 0, n, position);
     return n;
   }
 

@@ -14,7 +14,7 @@ import { BlksnapError } from '../errors.js';
 import { BytesFile } from './bytes-file.js';
 import { ControlFile, type ControlCommands } from './control-file.js';
 import { EventsFile } from './events-file.js';
-import type { FileView, IoRequest, RequestContext } from './file-view.js';
+import type { FileView, IoRequest, ReadTarget, RequestContext } from './file-view.js';
 import type {
   Attr, AttrReply, DirEntry, Entry, FileSystem, NodeId, OpenReply, RefusedOp, SetAttrChanges, StatFs,
 } from './filesystem.js';
@@ -170,7 +170,9 @@ export class MountTree implements FileSystem {
     // device (no second cache under a loop device). Images too: the kernel's cache
     // would save repeated reads, but reads of a saved chunk are already cached by the
     // engine and a fresh snapshot is read once by a backup (bench/README.md).
-    return { fh, directIo: true, keepCache: false, nonseekable: node.kind === 'events' };
+    // /origin takes parallel direct writes: the engine orders what must be ordered
+    // (copies per chunk, the take's gate), so the kernel need not serialize writers.
+    return { fh, directIo: true, keepCache: false, nonseekable: node.kind === 'events', parallelDirectWrites: node.kind === 'origin' };
   }
 
   private openView(node: Node, flags: number, _ctx: RequestContext): FileView {
@@ -189,6 +191,10 @@ export class MountTree implements FileSystem {
         return new OriginFile(this.engine);
       case 'events':
         readOnlyFile('/events');
+        // An O_DIRECT open would let asynchronous reads that wait for events fill the
+        // kernel's queue of background requests, which every user's asynchronous I/O
+        // shares: waiting must cost only the waiter.
+        if ((flags & fsc.O_DIRECT) !== 0) throw BlksnapError.of('EINVAL', '/events is a stream: open it without O_DIRECT');
         return new EventsFile(this.engine.events);
       case 'status':
         readOnlyFile('/status');
@@ -211,8 +217,8 @@ export class MountTree implements FileSystem {
     }
   }
 
-  read(fh: number, buf: Buffer, length: number, position: number, req: IoRequest): Promise<number> {
-    return this.handles.get(fh).read(buf, length, position, req);
+  read(fh: number, into: ReadTarget, length: number, position: number, req: IoRequest): Promise<number> {
+    return this.handles.get(fh).read(into, length, position, req);
   }
 
   write(fh: number, buf: Buffer, length: number, position: number, req: IoRequest): Promise<number> {

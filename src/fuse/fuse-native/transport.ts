@@ -121,7 +121,7 @@ function createOps(fs: FileSystem, log: Logger, counters: { requests: number; in
     })),
     open: (path, flags, cb) => answer('open', cb, () => walk.at(path, (ino) => fs.open(ino, flags, NOBODY).fh)),
     release: (_path, fd, cb) => answer('release', cb, () => fs.release(fd)),
-    read: (_path, fd, buf, len, pos, cb) => count('read', cb, () => fs.read(fd, buf, len, pos, ANONYMOUS)),
+    read: (_path, fd, buf, len, pos, cb) => count('read', cb, () => fs.read(fd, () => buf, len, pos, ANONYMOUS)),
     write: (_path, fd, buf, len, pos, cb) => count('write', cb, () => fs.write(fd, buf, len, pos, ANONYMOUS)),
     truncate: (path, size, cb) => answer('truncate', cb, () => walk.at(path, (ino) => { fs.setattr(ino, null, { size }, NOBODY); })),
     ftruncate: (_path, fd, size, cb) => answer('ftruncate', cb, () => { fs.setattr(0, fd, { size }, NOBODY); }),
@@ -185,7 +185,10 @@ class FuseNativeSession implements FuseSession {
   }
 
   stats(): TransportStats {
-    return { transport: 'fuse-native', requests: this.counters.requests, in_flight: this.counters.inFlight, max_in_flight: this.counters.max, credentials: false };
+    return {
+      transport: 'fuse-native', requests: this.counters.requests, in_flight: this.counters.inFlight, max_in_flight: this.counters.max, credentials: false,
+      fast_path: { enabled: false, reads: 0, writes: 0, read_bytes: 0, write_bytes: 0, syncs: 0 },
+    };
   }
 }
 

@@ -16,10 +16,16 @@ export const Op = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, SETATTR: 4, OPEN: 5, READ: 6, WRITE: 7, FLUSH: 8,
   RELEASE: 9, FSYNC: 10, OPENDIR: 11, READDIR: 12, RELEASEDIR: 13, MKDIR: 14, RMDIR: 15,
   STATFS: 16, UNLINK: 17, RENAME: 18, MKNOD: 19, SYMLINK: 20, LINK: 21, CREATE: 22,
-  INTERRUPT: 30, END: 31,
+  /** News, with id -1 (nothing to answer): */
+  INTERRUPT: 30, END: 31, FAST_DRAINED: 32,
 } as const;
 
-/** Doubles per request in a batch: id op ino fh off size arg uid gid pid. */
+/**
+ * Doubles per message in a batch: id op ino fh off size arg uid gid pid. News (FORGET,
+ * RELEASE, RELEASEDIR, INTERRUPT, END, FAST_DRAINED) has id -1: the addon answered it
+ * already or it needs no answer; an INTERRUPT's `arg` is the id of the request it
+ * interrupts, and always comes after that request's own message.
+ */
 export const FIELDS = 10;
 export const F = { id: 0, op: 1, ino: 2, fh: 3, off: 4, size: 5, arg: 6, uid: 7, gid: 8, pid: 9 } as const;
 
@@ -27,6 +33,7 @@ export const F = { id: 0, op: 1, ino: 2, fh: 3, off: 4, size: 5, arg: 6, uid: 7,
 export const OPEN_DIRECT_IO = 1;
 export const OPEN_KEEP_CACHE = 2;
 export const OPEN_NONSEEKABLE = 4;
+export const OPEN_PARALLEL_DIRECT_WRITES = 8;
 
 /** FUSE_SET_ATTR_* bits of a setattr's `arg`. */
 export const SET_ATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256, CTIME: 1024 } as const;
@@ -36,8 +43,9 @@ export const ATTR_LENGTH = 11;
 
 /**
  * Requests arrive in batches: `nums` holds FIELDS doubles per request, `extras[i]` the
- * name (lookup, mkdir, ...) or the data buffer (write payload, read buffer) of request i.
- * A buffer belongs to the daemon's pools and is valid only until that request's reply.
+ * name (lookup, mkdir, ...) or the write payload of request i. A read's buffer is asked
+ * for with readBuffer when its data is at hand. Buffers belong to the daemon's pools and
+ * are valid only until that request's reply.
  */
 export type BatchHandler = (nums: Float64Array, extras: Array<string | Buffer | undefined>) => void;
 
@@ -54,8 +62,19 @@ export interface Fuse3Addon {
   /** umount(2); returns 0 or the errno. */
   unmount(s: NativeSession, lazy: boolean): number;
   close(s: NativeSession): void;
-  /** [requests, inFlight, maxInFlight] */
-  stats(s: NativeSession, resetMax: boolean): [number, number, number];
+  /** [requests, inFlight, maxInFlight, fastOn, fastReads, fastWrites, fastReadBytes, fastWriteBytes, fastSyncs] */
+  stats(s: NativeSession, resetMax: boolean): [number, number, number, number, number, number, number, number, number];
+  /** The buffer read `id` is answered from (at least `length` bytes); null once the read is answered. */
+  readBuffer(s: NativeSession, id: number, length: number): Buffer | null;
+  /** Publish the fast path's shared state (native/fuse3/fastpath.h); once per session. */
+  fastAttach(
+    s: NativeSession, header: Int32Array, marks: Uint8Array, cbt: Uint8Array, originFd: number,
+    originIno: number, originSize: number, chunkSize: number, blockSize: number, writable: boolean,
+  ): void;
+  /** Switch the fast path off; returns the fast requests still inside (FAST_DRAINED news when none is left). */
+  fastStop(s: NativeSession): number;
+  /** Close the addon's origin descriptor: 0, or EBUSY while fast requests are inside. */
+  fastRelease(s: NativeSession): number;
 }
 
 const ADDON_PATH = fileURLToPath(new URL('../../../../build/Release/blksnapfs_fuse3.node', import.meta.url));

@@ -6,21 +6,32 @@
  *
  * Exactly once: the addon refuses a second reply (and says so); here every path of a
  * request ends in one reply, an exception in a handler becomes EIO, and a rejected
- * promise its errno.
+ * promise its errno. News (id -1: forget, release, interrupt, end) is never answered,
+ * whatever its handler does.
+ *
+ * The fast path: once attachFastPath is called, origin requests that need nothing from
+ * the engine are answered by the addon's reader threads and never arrive here.
  */
 import { BlksnapError } from '../../errors.js';
 import type { Logger } from '../../engine/logger.js';
 import { toNegativeErrno } from '../../views/errno.js';
 import type { IoRequest, RequestContext } from '../../views/file-view.js';
 import type { Attr, Entry, FileSystem, RefusedOp } from '../../views/filesystem.js';
-import { escapeOptionValue, type FuseSession, type MountConfig, type Transport, type TransportStats } from '../transport.js';
 import {
-  ATTR_LENGTH, F, FIELDS, loadAddon, Op, OPEN_DIRECT_IO, OPEN_KEEP_CACHE, OPEN_NONSEEKABLE, SET_ATTR,
+  escapeOptionValue, type FastPathSpec, type FuseSession, type MountConfig, type NativeFastPath, type Transport, type TransportStats,
+} from '../transport.js';
+import {
+  ATTR_LENGTH, F, FIELDS, loadAddon, Op, OPEN_DIRECT_IO, OPEN_KEEP_CACHE, OPEN_NONSEEKABLE, OPEN_PARALLEL_DIRECT_WRITES, SET_ATTR,
   type Fuse3Addon, type NativeSession,
 } from './addon.js';
 
-/** Reader threads: one keeps up with the JavaScript thread here (bench/README.md). */
-const READERS = 1;
+/**
+ * The most reader threads (the addon starts two, and more while all are busy). Each
+ * answers fast-path requests itself, so they are the fast path's parallelism (several
+ * synchronous writers, a deep queue of slow origin I/O); for the requests that go to
+ * JavaScript one would keep up (bench/README.md).
+ */
+const READERS = 16;
 
 const REFUSED: Partial<Record<number, RefusedOp>> = {
   [Op.UNLINK]: 'unlink', [Op.RENAME]: 'rename', [Op.MKNOD]: 'mknod', [Op.SYMLINK]: 'symlink', [Op.LINK]: 'link', [Op.CREATE]: 'create',
@@ -61,11 +72,12 @@ class Libfuse3Session implements FuseSession {
   private markEnded: () => void = () => undefined;
   private native: NativeSession | null = null;
   private closed = false;
-  /** Reads that may wait (an /events read), by request id, for interrupts. */
+  /** Reads not yet answered, by request id, for interrupts (which always come after their read). */
   private readonly waiting = new Map<number, Request>();
-  /** Interrupts that arrived before their request (the same batch, just ahead of it). */
-  private readonly earlyInterrupts = new Set<number>();
   private readonly attrScratch = new Float64Array(ATTR_LENGTH);
+  /** The fast path's: who waits for native requests to leave (FAST_DRAINED news). */
+  private fastDrained: (() => void) | null = null;
+  private fastStopWaiters: Array<() => void> = [];
 
   constructor(private readonly addon: Fuse3Addon, private readonly fs: FileSystem, private readonly log: Logger, private readonly mountpoint: string) {
     this.ended = new Promise((resolve) => {
@@ -90,13 +102,46 @@ class Libfuse3Session implements FuseSession {
       const o = i * FIELDS;
       const id = nums[o + F.id] ?? -1;
       try {
-        this.dispatch(id, nums, o, extras[i]);
+        if (id < 0) this.news(nums, o);
+        else this.dispatch(id, nums, o, extras[i]);
       } catch (err) {
-        // A synchronous throw: the request is answered here, with its errno (or EIO).
+        // A synchronous throw: a request is answered here, with its errno (or EIO);
+        // news has nobody to answer.
         if (id >= 0) this.fail(id, nums[o + F.op] ?? 0, err);
+        else this.log.error({ op: nums[o + F.op], err: err instanceof Error ? err.message : String(err) }, 'bug: handling news failed');
       }
     }
-    this.earlyInterrupts.clear();
+  }
+
+  /** Messages that need no answer: the addon answered them already, or there is none. */
+  private news(n: Float64Array, o: number): void {
+    const op = n[o + F.op] ?? 0;
+    switch (op) {
+      case Op.INTERRUPT:
+        this.waiting.get(n[o + F.arg] ?? -1)?.interrupt();
+        return;
+      case Op.FORGET:
+        this.fs.forget(n[o + F.ino] ?? 0, n[o + F.arg] ?? 0);
+        return;
+      case Op.RELEASE:
+        this.fs.release(n[o + F.fh] ?? 0);
+        return;
+      case Op.RELEASEDIR:
+        this.fs.releasedir(n[o + F.fh] ?? 0);
+        return;
+      case Op.FAST_DRAINED: {
+        this.fastDrained?.();
+        const waiters = this.fastStopWaiters;
+        this.fastStopWaiters = [];
+        for (const wake of waiters) wake();
+        return;
+      }
+      case Op.END:
+        this.markEnded();
+        return;
+      default:
+        throw new Error(`unknown news ${op}`);
+    }
   }
 
   private dispatch(id: number, n: Float64Array, o: number, extra: string | Buffer | undefined): void {
@@ -110,10 +155,14 @@ class Libfuse3Session implements FuseSession {
     switch (op) {
       case Op.READ: {
         const req = new Request(ctx());
-        if (this.earlyInterrupts.has(id)) req.interrupt();
         this.waiting.set(id, req);
-        const buf = extra instanceof Buffer ? extra : Buffer.alloc(0);
-        this.settle(id, op, fs.read(fh ?? 0, buf, n[o + F.size] ?? 0, n[o + F.off] ?? 0, req), (bytes) => {
+        // The read's buffer is daemon memory, made only when the view has its data.
+        const into = (length: number): Buffer => {
+          const buf = this.addon.readBuffer(this.s, id, length);
+          if (buf === null) throw BlksnapError.of('EIO', 'the read was answered already');
+          return buf;
+        };
+        this.settle(id, op, fs.read(fh ?? 0, into, n[o + F.size] ?? 0, n[o + F.off] ?? 0, req), (bytes) => {
           this.waiting.delete(id);
           return this.addon.replyRead(this.s, id, bytes);
         });
@@ -125,18 +174,6 @@ class Libfuse3Session implements FuseSession {
         this.settle(id, op, fs.write(fh ?? 0, buf, n[o + F.size] ?? 0, n[o + F.off] ?? 0, req), (bytes) => this.addon.replyWrite(this.s, id, bytes));
         return;
       }
-      case Op.INTERRUPT: {
-        const req = this.waiting.get(id);
-        if (req !== undefined) req.interrupt();
-        else this.earlyInterrupts.add(id);
-        return;
-      }
-      case Op.FORGET:
-        fs.forget(ino, n[o + F.arg] ?? 0);
-        return;
-      case Op.END:
-        this.markEnded();
-        return;
       case Op.LOOKUP:
         this.replyEntry(id, fs.lookup(ino, name, ctx()));
         return;
@@ -157,16 +194,13 @@ class Libfuse3Session implements FuseSession {
       }
       case Op.OPEN: {
         const r = fs.open(ino, n[o + F.arg] ?? 0, ctx());
-        const flags = (r.directIo ? OPEN_DIRECT_IO : 0) | (r.keepCache ? OPEN_KEEP_CACHE : 0) | (r.nonseekable ? OPEN_NONSEEKABLE : 0);
+        const flags = (r.directIo ? OPEN_DIRECT_IO : 0) | (r.keepCache ? OPEN_KEEP_CACHE : 0) | (r.nonseekable ? OPEN_NONSEEKABLE : 0)
+          | (r.parallelDirectWrites ? OPEN_PARALLEL_DIRECT_WRITES : 0);
         if (!this.addon.replyOpen(this.s, id, r.fh, flags)) fs.release(r.fh); // the caller is gone: nobody will close it
         return;
       }
       case Op.FLUSH:
         this.settle(id, op, fs.flush(fh ?? 0, new Request(ctx())), () => this.addon.replyErr(this.s, id, 0));
-        return;
-      case Op.RELEASE:
-        fs.release(fh ?? 0);
-        this.addon.replyErr(this.s, id, 0);
         return;
       case Op.FSYNC:
         this.settle(id, op, fs.fsync(fh ?? 0, (n[o + F.arg] ?? 0) !== 0), () => this.addon.replyErr(this.s, id, 0));
@@ -181,10 +215,6 @@ class Libfuse3Session implements FuseSession {
         this.addon.replyDir(this.s, id, entries.map((e) => e.name), entries.map((e) => e.ino), entries.map((e) => e.mode), n[o + F.off] ?? 0);
         return;
       }
-      case Op.RELEASEDIR:
-        fs.releasedir(fh ?? 0);
-        this.addon.replyErr(this.s, id, 0);
-        return;
       case Op.MKDIR:
         this.settle(id, op, fs.mkdir(ino, name, ctx()), (entry) => this.replyEntry(id, entry));
         return;
@@ -266,8 +296,35 @@ class Libfuse3Session implements FuseSession {
   }
 
   stats(): TransportStats {
-    const [requests, inFlight, maxInFlight] = this.native === null ? [0, 0, 0] : this.addon.stats(this.native, false);
-    return { transport: 'libfuse3', requests, in_flight: inFlight, max_in_flight: maxInFlight, credentials: true };
+    const [requests, inFlight, maxInFlight, fastOn, reads, writes, readBytes, writeBytes, syncs] = this.native === null
+      ? [0, 0, 0, 0, 0, 0, 0, 0, 0]
+      : this.addon.stats(this.native, false);
+    return {
+      transport: 'libfuse3', requests, in_flight: inFlight, max_in_flight: maxInFlight, credentials: true,
+      fast_path: { enabled: fastOn === 1, reads, writes, read_bytes: readBytes, write_bytes: writeBytes, syncs },
+    };
+  }
+
+  // ---- the fast path ------------------------------------------------------------
+
+  attachFastPath(spec: FastPathSpec): NativeFastPath {
+    this.addon.fastAttach(
+      this.s, spec.header, spec.marks, spec.cbt, spec.originFd, spec.originIno, spec.originSize,
+      spec.chunkSize, spec.blockSize, spec.writable,
+    );
+    this.fastDrained = spec.onDrained;
+    return { stop: () => this.stopFastPath() };
+  }
+
+  /** Off, then wait for the native requests inside (each FAST_DRAINED: look again), then let the origin go. */
+  private async stopFastPath(): Promise<void> {
+    if (this.native === null || this.closed) return;
+    while (this.addon.fastStop(this.s) > 0) {
+      await new Promise<void>((resolve) => this.fastStopWaiters.push(resolve));
+      if (this.closed) return;
+    }
+    const errno = this.addon.fastRelease(this.s);
+    if (errno !== 0) throw BlksnapError.of('EBUSY', `the fast path still holds the origin (errno ${errno})`);
   }
 }
 
