@@ -30,6 +30,7 @@ import type { MountOptions } from './options.js';
 import { openOriginWhenFree } from './origin-wait.js';
 import { onLogFailure } from './logger.js';
 import { CbtPersistence } from './cbt-persistence.js';
+import { OutsideWriteWatch } from './outside-write-watch.js';
 import { serveOriginNatively } from './fast-path.js';
 
 const MIN_DEFAULT_DIFF = 64 * 2 ** 20;
@@ -67,6 +68,7 @@ export class Daemon {
     private readonly tree: MountTree,
     private readonly log: PinoLogger,
     private readonly cbt: CbtPersistence,
+    private readonly outside: OutsideWriteWatch,
   ) {}
 
   static async start(originPath: string, mountpointArg: string, opts: MountOptions, log: PinoLogger): Promise<Daemon> {
@@ -77,6 +79,7 @@ export class Daemon {
     const origin = await openOriginWhenFree(resolve(originPath), { readOnly: opts.readOnly });
     let storageFile: DiffStorageFile | null = null;
     let cbt: CbtPersistence | null = null;
+    let outside: OutsideWriteWatch | null = null;
     try {
       const geometry = deriveGeometry(origin.size, opts.chunkSize, opts.blockSize);
       const guard = { origin: origin.identity, mountpoint };
@@ -111,6 +114,17 @@ export class Daemon {
       const tracker = cbt.tracker;
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
       if (cbt.resetReason !== null) events.emit('cbt-reset', { generation_id: tracker.generationId, reason: cbt.resetReason });
+      // Writes to the origin that do not come through the mount end continuity (outside-write-watch.ts).
+      const watch = await OutsideWriteWatch.start({
+        origin,
+        accounting: engine.originWrites,
+        log,
+        onDetected: (d) => engine.originWrittenOutside(d.detail),
+      });
+      outside = watch;
+      engine.beforeTake = async () => {
+        await watch.checkNow();
+      };
       let session: FuseSession | null = null;
       // Who owns the mount, for the root-only commands (caller-policy.ts).
       const owner = { daemonUid: process.getuid?.() ?? -1, uidOption: opts.uid };
@@ -120,6 +134,7 @@ export class Daemon {
         facts: {
           mountpoint, pid: process.pid, mountedAt: new Date(), readOnly: opts.readOnly,
           transport: () => session?.stats() ?? null,
+          outsideWrites: () => watch.status(),
         },
         uid: opts.uid ?? process.getuid?.() ?? 0,
         gid: opts.gid ?? process.getgid?.() ?? 0,
@@ -130,8 +145,8 @@ export class Daemon {
             throw err;
           }),
           cbtDirty: (offset, length) => engine.markDirty(offset, length),
-          freeze: (ms) => engine.freezer.freeze(ms),
-          thaw: () => engine.freezer.thaw(),
+          freeze: (ms, token) => engine.freezer.freeze(ms, token),
+          thaw: (token) => engine.freezer.thaw(token),
         },
       });
       await cbt.markInUse(); // before the mount goes live, so before the first origin write
@@ -140,10 +155,16 @@ export class Daemon {
         fsname: origin.identity.path,
         allowOther: opts.allowOther,
       }, log);
+      if (opts.fastPath && session.attachFastPath !== undefined && !origin.readOnly) {
+        // Its C writes keep no tally yet (origin-write-accounting.ts): the watch's rules
+        // that need one stop before the first of them (fanotify still names writers).
+        watch.writersUntallied('the native fast path');
+      }
       if (opts.fastPath) serveOriginNatively(engine, session, log);
       log.info({ origin: origin.identity, mountpoint, geometry, diff_storage: storage.stats(), transport: opts.transport }, 'mounted');
-      return new Daemon(engine, session, tree, log, cbt);
+      return new Daemon(engine, session, tree, log, cbt, watch);
     } catch (err) {
+      outside?.close();
       await cbt?.undoMark().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'cannot restore the change-tracking state'));
       if (storageFile !== null) await storageFile.close().catch(() => undefined);
       await origin.close().catch(() => undefined);
@@ -175,12 +196,16 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info({ open_files: this.tree.handles.size }, 'unmounted; closing');
-      await this.engine.close(async () => {
-        // A failed save leaves the state "in-use": the next mount starts a new generation.
-        await this.cbt.save().catch((err: unknown) => {
-          this.log.error({ cbt_state: this.cbt.path, err: err instanceof Error ? err.message : String(err) }, 'cannot save change tracking; the next mount starts a new generation');
+      try {
+        await this.engine.close(async () => {
+          // A failed save leaves the state "in-use": the next mount starts a new generation.
+          await this.cbt.save(await this.outside.finalCheck()).catch((err: unknown) => {
+            this.log.error({ cbt_state: this.cbt.path, err: err instanceof Error ? err.message : String(err) }, 'cannot save change tracking; the next mount starts a new generation');
+          });
         });
-      });
+      } finally {
+        this.outside.close();
+      }
       this.log.info({}, 'closed');
     })();
     return this.stopping;

@@ -7,7 +7,7 @@
 import { constants as fsc, promises as fsp, type BigIntStats, type Stats } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { BlksnapError, asBlksnapError } from '../errors.js';
-import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
+import { blockDeviceSize, loopBacking, tryLockExclusive, unlock, type LoopBacking } from './native.js';
 import { readFully, writeFully } from './io.js';
 import { majorMinor } from './devnum.js';
 import { willNeed } from './readahead-hint.js';
@@ -64,7 +64,11 @@ export class OriginDevice {
     return this.identity.size;
   }
 
-  /** The descriptor we hold (the native fast path duplicates it to read and write the same file). */
+  /**
+   * The descriptor we hold (the native fast path duplicates it to read and write the
+   * same file; a fanotify or inotify mark through /proc/self/fd/N lands on exactly the
+   * inode we hold, modify-watch.ts). Never close it.
+   */
   get fd(): number {
     return this.file.fd;
   }
@@ -134,6 +138,15 @@ export class OriginDevice {
    */
   willNeed(offset: number, length: number): void {
     willNeed(this.file.fd, offset, Math.max(0, Math.min(length, this.identity.size - offset)));
+  }
+
+  /**
+   * What the loop device we hold reads and writes (LOOP_GET_STATUS64 on our descriptor):
+   * its backing file's device and inode, even when that file was deleted or renamed.
+   * null for anything else.
+   */
+  loopBacking(): Promise<LoopBacking | null> {
+    return this.identity.kind === 'block-device' ? loopBacking(this.file.fd) : Promise.resolve(null);
   }
 
   /** fstat of what we hold open, with nanosecond times (for the change-tracking fingerprint). */
