@@ -31,7 +31,8 @@ import { openOriginWhenFree } from './origin-wait.js';
 import { onLogFailure } from './logger.js';
 import { CbtPersistence } from './cbt-persistence.js';
 import { OutsideWriteWatch } from './outside-write-watch.js';
-import { serveOriginNatively } from './fast-path.js';
+import { NativeWriteTally, serveOriginNatively } from './fast-path.js';
+import { sumOfAccountings } from '../engine/origin-write-accounting.js';
 
 const MIN_DEFAULT_DIFF = 64 * 2 ** 20;
 const MAX_DEFAULT_THRESHOLD = 512 * 2 ** 20;
@@ -115,9 +116,11 @@ export class Daemon {
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
       if (cbt.resetReason !== null) events.emit('cbt-reset', { generation_id: tracker.generationId, reason: cbt.resetReason });
       // Writes to the origin that do not come through the mount end continuity (outside-write-watch.ts).
+      // Every writer of the origin in this process is tallied: the engine's and the fast path's.
+      const nativeWrites = new NativeWriteTally();
       const watch = await OutsideWriteWatch.start({
         origin,
-        accounting: engine.originWrites,
+        accounting: sumOfAccountings([engine.originWrites, nativeWrites]),
         log,
         onDetected: (d) => engine.originWrittenOutside(d.detail),
       });
@@ -155,12 +158,7 @@ export class Daemon {
         fsname: origin.identity.path,
         allowOther: opts.allowOther,
       }, log);
-      if (opts.fastPath && session.attachFastPath !== undefined && !origin.readOnly) {
-        // Its C writes keep no tally yet (origin-write-accounting.ts): the watch's rules
-        // that need one stop before the first of them (fanotify still names writers).
-        watch.writersUntallied('the native fast path');
-      }
-      if (opts.fastPath) serveOriginNatively(engine, session, log);
+      if (opts.fastPath) serveOriginNatively(engine, session, log, nativeWrites);
       log.info({ origin: origin.identity, mountpoint, geometry, diff_storage: storage.stats(), transport: opts.transport }, 'mounted');
       return new Daemon(engine, session, tree, log, cbt, watch);
     } catch (err) {

@@ -132,11 +132,6 @@ export class OutsideWriteWatch {
   private countersBase: SectorCounters | null = null;
   private last: Detection | null = null;
   private detections = 0;
-  /**
-   * Set when some writer of the origin in this process keeps no tally (see
-   * `writersUntallied`): the rules that need one (time stamps, counters, inotify) are off.
-   */
-  private untallied: string | null = null;
   private running: Promise<Detection | null> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private failureLogged = false;
@@ -221,25 +216,6 @@ export class OutsideWriteWatch {
     }
   }
 
-  /**
-   * From now on some writer of the origin in this process (the native fast path) writes
-   * without feeding `accounting`: a change of the time stamps or the counters, or an
-   * inotify event, may then be ours, so those rules stop; fanotify (which names the
-   * writer) goes on. Call it before that writer's first write. The way back is to feed
-   * its tally into `accounting` (origin-write-accounting.ts `sumOfAccountings`).
-   */
-  writersUntallied(who: string): void {
-    if (this.untallied !== null) return;
-    this.untallied = who;
-    const off: DetectionMethod[] = ['timestamps', 'write-counters', 'inotify'];
-    const wasOn = this.watchedBy.filter((m) => off.includes(m));
-    if (wasOn.length === 0) return;
-    this.watchedBy.splice(0, this.watchedBy.length, ...this.watchedBy.filter((m) => !off.includes(m)));
-    this.cannotSee.push(this.spec.origin.identity.kind === 'file'
-      ? `writes that no write(2)-like call makes (a shared mapping, a loop device attached to the image file, another host) at any time: ${who} keeps no tally of its writes, so the time stamps prove nothing`
-      : `writes through the device's node or a shared mapping of it, at any time: ${who} keeps no tally of its writes, so the counters and inotify prove nothing`);
-  }
-
   /** Look now; a detection is reported to `onDetected`. One look at a time: callers share it. */
   check(): Promise<Detection | null> {
     this.running ??= this.look(false).finally(() => {
@@ -313,8 +289,6 @@ export class OutsideWriteWatch {
     const notices = this.inotify?.drain() ?? null;
     const t2 = accounting.tally();
     const quiet = t1.ended === t2.begun;
-    // Checked after the reads: a writer that keeps no tally may have begun meanwhile.
-    if (this.untallied !== null) return found;
 
     if (stamp !== null) {
       const base = this.stampBase;

@@ -69,6 +69,11 @@ export interface FastPathSpec {
 export interface NativeFastPath {
   /** Stop serving natively; resolves once no native request is inside and the origin descriptor is closed. */
   stop(): Promise<void>;
+  /**
+   * Its origin writes so far, as src/engine/origin-write-accounting.ts counts them:
+   * `begun` (and `pages`) before each pwrite, `ended` after it; `ended` is read first.
+   */
+  writes(): { begun: number; ended: number; pages: number };
 }
 
 export interface FuseSession {

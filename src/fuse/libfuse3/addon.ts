@@ -83,6 +83,8 @@ export interface Fuse3Addon {
   fastStop(s: NativeSession): number;
   /** Close the addon's origin descriptor: 0, or EBUSY while fast requests are inside. */
   fastRelease(s: NativeSession): number;
+  /** [begun, ended, pages] of the fast path's origin writes, `ended` read first. */
+  fastTally(s: NativeSession): [number, number, number];
 }
 
 const ADDON_PATH = fileURLToPath(new URL('../../../../build/Release/blksnapfs_fuse3.node', import.meta.url));

@@ -317,7 +317,13 @@ class Libfuse3Session implements FuseSession {
       spec.chunkSize, spec.blockSize, spec.writable,
     );
     this.fastDrained = spec.onDrained;
-    return { stop: () => this.stopFastPath() };
+    return {
+      stop: () => this.stopFastPath(),
+      writes: () => {
+        const [begun, ended, pages] = this.addon.fastTally(this.s);
+        return { begun, ended, pages };
+      },
+    };
   }
 
   /** Off, then wait for the native requests inside (each FAST_DRAINED: look again), then let the origin go. */
