@@ -90,3 +90,17 @@ test('a freeze under fio qd128 and 16 synchronous writers: mkdir and thaw each r
   t.deepEqual(exits, writers.map(() => 0), 'the held writers finished after the thaw');
   t.is((await m.info('frozen'))['state'], 'ok');
 });
+
+test('16 synchronous writers of /origin are in the daemon at once: the kernel does not serialize them', async (t) => {
+  const m = await mountImage(t, { size: 64 * MiB, sparse: true, options: 'diff_size=64M' });
+  // Held at the gate, each writer's one request stays in flight: 16 at once only if the
+  // open carried FOPEN_PARALLEL_DIRECT_WRITES (else the inode lock lets one through).
+  await fsp.writeFile(m.path('control'), 'freeze 60000\n');
+  const region = 4 * MiB;
+  const writers = Array.from({ length: 16 }, (_, i) =>
+    background(t, process.execPath, [WRITER, m.path('origin'), String(i * region), String(region), 'random', '4096', '4', String(i + 1)]));
+  await until('16 writes to be in the daemon at once', async () => (await inFlight(m)) >= 16, 60_000);
+  await fsp.writeFile(m.path('control'), 'thaw\n');
+  const exits = await Promise.all(writers.map((w) => new Promise<number | null>((resolve) => (w.exitCode !== null ? resolve(w.exitCode) : w.on('exit', resolve)))));
+  t.deepEqual(exits, writers.map(() => 0));
+});

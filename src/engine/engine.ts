@@ -31,6 +31,7 @@ import type { FastPathState } from './fast-path-state.js';
 import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
 import { bestEffort, silentLogger, type Logger } from './logger.js';
+import { OriginWriteCounter, type OriginWriteAccounting } from './origin-write-accounting.js';
 
 export type EngineStatus = 'open' | 'closing' | 'closed';
 
@@ -60,6 +61,14 @@ export class SnapshotEngine {
   private readonly reads = new InFlight();
   /** Set to closing when close() begins: no operation is accepted after that. */
   private state: EngineStatus = 'open';
+  /** The origin writes of `writeOrigin` (origin-write-accounting.ts). */
+  private readonly jsOriginWrites = new OriginWriteCounter();
+  /**
+   * Runs before each take, before the write gate closes (the daemon looks for writes made
+   * outside the mount there, so a map frozen for a snapshot does not silently miss one).
+   * A failure fails the take.
+   */
+  beforeTake: (() => Promise<void>) | null = null;
   private closing: Promise<void> | null = null;
 
   constructor(parts: EngineParts) {
@@ -151,7 +160,21 @@ export class SnapshotEngine {
     this.checkRange(position, length);
     if (this.origin.readOnly) throw BlksnapError.of('EROFS', 'the origin is mounted read-only');
     if (length === 0) return;
-    await this.area.writeOrigin(buf, offset, length, position);
+    this.jsOriginWrites.begin(position, length);
+    try {
+      await this.area.writeOrigin(buf, offset, length, position);
+    } finally {
+      this.jsOriginWrites.end();
+    }
+  }
+
+  /**
+   * The writes `writeOrigin` made (begun before they wait at the gate, ended once they
+   * returned). Any other writer of the origin in this process keeps a tally of its own;
+   * the daemon sums them (origin-write-accounting.ts).
+   */
+  get originWrites(): OriginWriteAccounting {
+    return this.jsOriginWrites;
   }
 
   /**
@@ -201,7 +224,11 @@ export class SnapshotEngine {
   // ---- snapshots (snapshot-registry.ts) -------------------------------------------
 
   /** Take a snapshot: a barrier against origin writes, then a new sequence number. */
-  take(name: string): Promise<Snapshot> {
+  async take(name: string): Promise<Snapshot> {
+    if (this.beforeTake !== null) {
+      this.checkOpen('take a snapshot');
+      await this.beforeTake();
+    }
     return this.snapshots.take(name);
   }
 
@@ -342,6 +369,24 @@ export class SnapshotEngine {
       const [first, last] = this.tracker.blocksOf(offset, length);
       newest.cbt.map.fill(newest.cbt.changesNumber, first, last + 1);
     }
+  }
+
+  /**
+   * The origin was written outside the mount (the daemon's watch saw it): the active map
+   * misses those blocks and the snapshots' images that still read the origin may hold
+   * them. Every snapshot not yet released is marked corrupted (EIO, one `corrupted` event
+   * each): none of them can be proven its point in time any more. Then change tracking
+   * starts a new generation (a `cbt-reset` event, reason `origin-changed`), with the write
+   * gate closed and drained, as at a take: the native fast path marks the same map, and
+   * learns the new period's number there (diff-area.ts `snapshotTaken`).
+   */
+  async originWrittenOutside(detail: string): Promise<void> {
+    this.snapshots.corruptRange(0, Number.MAX_SAFE_INTEGER, BlksnapError.of('EIO', detail), 'the origin was written outside the mount');
+    if (this.state !== 'open') return;
+    await this.area.quiesce(() => {
+      this.tracker.reset('origin-changed');
+      this.area.snapshotTaken();
+    });
   }
 
   // ---- the native fast path -------------------------------------------------------

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { BlksnapError, asBlksnapError } from '../errors.js';
 import {
   FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, blockDeviceSize, fallocateModeAsync, logicalBlockSize,
-  seekAsync, tryLockExclusive, unlock,
+  loopBacking, seekAsync, tryLockExclusive, unlock, type LoopBacking,
 } from './native.js';
 import { readFully, writeFully } from './io.js';
 import { majorMinor } from './devnum.js';
@@ -77,7 +77,11 @@ export class OriginDevice {
     return this.identity.size;
   }
 
-  /** The descriptor we hold (the native fast path duplicates it to read and write the same file). */
+  /**
+   * The descriptor we hold (the native fast path duplicates it to read and write the
+   * same file; a fanotify or inotify mark through /proc/self/fd/N lands on exactly the
+   * inode we hold, modify-watch.ts). Never close it.
+   */
   get fd(): number {
     return this.file.fd;
   }
@@ -200,6 +204,15 @@ export class OriginDevice {
     this.refreshing = this.refreshAllocation().catch(() => this.allocated).finally(() => {
       this.refreshing = null;
     });
+  }
+
+  /**
+   * What the loop device we hold reads and writes (LOOP_GET_STATUS64 on our descriptor):
+   * its backing file's device and inode, even when that file was deleted or renamed.
+   * null for anything else.
+   */
+  loopBacking(): Promise<LoopBacking | null> {
+    return this.identity.kind === 'block-device' ? loopBacking(this.file.fd) : Promise.resolve(null);
   }
 
   /** fstat of what we hold open, with nanosecond times (for the change-tracking fingerprint). */

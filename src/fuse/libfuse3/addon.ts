@@ -40,6 +40,9 @@ export const OPEN_PARALLEL_DIRECT_WRITES = 8;
 /** FUSE_SET_ATTR_* bits of a setattr's `arg`. */
 export const SET_ATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256, CTIME: 1024 } as const;
 
+/** unmount() ended our session by aborting our connection (BS_OWN_ABORTED in own-mount.h). */
+export const ENDED_BY_ABORT = -1;
+
 /** An attribute array: ino mode nlink uid gid size blocks blksize atime mtime ctime (ms). */
 export const ATTR_LENGTH = 11;
 
@@ -63,7 +66,12 @@ export interface Fuse3Addon {
   replyDir(s: NativeSession, id: number, names: string[], inos: number[], modes: number[], first: number): boolean;
   /** The offset an lseek(SEEK_DATA | SEEK_HOLE) found. */
   replyLseek(s: NativeSession, id: number, offset: number): boolean;
-  /** umount(2); returns 0 or the errno. */
+  /**
+   * End our own session: umount(2) of our mount if it is the top one at the mount point
+   * (EBUSY while in use), else (umount -l'd, or covered by a later mount) abort our FUSE
+   * connection and return ENDED_BY_ABORT. Never touches another mount. 0, ENDED_BY_ABORT
+   * or the errno.
+   */
   unmount(s: NativeSession, lazy: boolean): number;
   close(s: NativeSession): void;
   /** [requests, inFlight, maxInFlight, fastOn, fastReads, fastWrites, fastReadBytes, fastWriteBytes, fastSyncs] */
@@ -79,6 +87,8 @@ export interface Fuse3Addon {
   fastStop(s: NativeSession): number;
   /** Close the addon's origin descriptor: 0, or EBUSY while fast requests are inside. */
   fastRelease(s: NativeSession): number;
+  /** [begun, ended, pages] of the fast path's origin writes, `ended` read first. */
+  fastTally(s: NativeSession): [number, number, number];
 }
 
 const ADDON_PATH = fileURLToPath(new URL('../../../../build/Release/blksnapfs_fuse3.node', import.meta.url));
