@@ -169,8 +169,8 @@ export class SnapshotEngine {
   }
 
   /**
-   * The writes `writeOrigin` made (begun before they wait at the gate, ended once they
-   * returned). Any other writer of the origin in this process keeps a tally of its own;
+   * The writes `writeOrigin` and `fallocateOrigin` made (begun before they wait at the
+   * gate, ended once they returned). Any other writer of the origin in this process keeps a tally of its own;
    * the daemon sums them (origin-write-accounting.ts).
    */
   get originWrites(): OriginWriteAccounting {
@@ -192,7 +192,14 @@ export class SnapshotEngine {
       throw BlksnapError.of('EINVAL', `fallocate of a block device must be aligned to its ${align}-byte sectors (got ${position}+${length})`);
     }
     if (length === 0) return;
-    await this.area.fallocateOrigin(kind, position, length);
+    // Ours, for the watch on outside writes: a punch moves the time stamps (and a block
+    // device's discard or write counters) like a write (origin-write-accounting.ts).
+    this.jsOriginWrites.begin(position, length, 'discard');
+    try {
+      await this.area.fallocateOrigin(kind, position, length);
+    } finally {
+      this.jsOriginWrites.end();
+    }
     // st_blocks of /origin follows (a punch gives space back).
     await this.origin.refreshAllocation().catch(() => undefined);
   }
