@@ -5,6 +5,7 @@
  *   npm run bench                 full run (1 GiB streams; about 15 minutes on 2 cores)
  *   npm run bench -- --quick      smoke run (smaller sizes, a few minutes)
  *   npm run bench -- --only seqwrite,take --reps 5 --no-qsd --profile /tmp/prof
+ *   npm run bench -- --only iops,randwrite --transport libfuse3 --fast-path on,off
  *
  * Installs fio and qemu-storage-daemon when missing, makes a scratch origin on ext4,
  * runs the phases, prints the tables and the targets, writes a JSON (and markdown)
@@ -18,7 +19,7 @@ import { Cleanup } from './lib/cleanup.js';
 import { makeConfig, PHASES, type Config, type Ctx, type Phase } from './lib/context.js';
 import { Recorder } from './lib/results.js';
 import { evaluateTargets, renderDaemonEvidence, renderTables, renderTargets, type PreviousRun } from './lib/report.js';
-import type { Row } from './lib/results.js';
+import type { BsfSystem, Row } from './lib/results.js';
 import { TRANSPORTS, type TransportName } from '../src/fuse/transport.js';
 import { ROOT } from './lib/blksnapfs.js';
 import { must, run, stopping } from './lib/proc.js';
@@ -26,24 +27,28 @@ import { ensureTools, fio, GiB, MiB } from './lib/tools.js';
 import { failures } from './phases/common.js';
 import { seqRead, seqWrite, STORAGE_BOUND } from './phases/sequential.js';
 import { randomWrite } from './phases/random.js';
+import { smallRequests } from './phases/iops.js';
 import { chunkMemory, multiSnapshot, takeAndOriginMemory } from './phases/snapshots.js';
+import { sparseImages } from './phases/sparse.js';
 
-const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--only PHASE,...] [--transport T,...] [--no-qsd] [--profile DIR] [--out FILE.json]
+const USAGE = `usage: npm run bench -- [--quick] [--reps N] [--only PHASE,...] [--transport T,...] [--fast-path on,off] [--no-qsd] [--profile DIR] [--out FILE.json]
 phases: ${PHASES.join(', ')}
-transports: ${TRANSPORTS.join(', ')} (default: both, blksnapfs on each)`;
+transports: ${TRANSPORTS.join(', ')} (default: both, blksnapfs on each)
+fast path: on, off (default: both, for libfuse3; fuse-native has none)`;
 
 interface Args {
   quick: boolean;
   reps: number | null;
   only: Set<Phase> | null;
   transports: TransportName[];
+  fastPath: Array<'on' | 'off'>;
   qsd: boolean;
   profile: string | null;
   out: string | null;
 }
 
 function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { quick: false, reps: null, only: null, transports: [...TRANSPORTS], qsd: true, profile: null, out: null };
+  const a: Args = { quick: false, reps: null, only: null, transports: [...TRANSPORTS], fastPath: ['on', 'off'], qsd: true, profile: null, out: null };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = (): string => {
@@ -73,6 +78,12 @@ function parseArgs(argv: readonly string[]): Args {
         a.transports = TRANSPORTS.filter((t) => list.includes(t));
         break;
       }
+      case '--fast-path': {
+        const list = value().split(',').map((s) => s.trim());
+        for (const v of list) if (v !== 'on' && v !== 'off') throw new Error(`--fast-path takes on, off or on,off\n${USAGE}`);
+        a.fastPath = (['on', 'off'] as const).filter((v) => list.includes(v));
+        break;
+      }
       case '--no-qsd': a.qsd = false; break;
       case '--profile': a.profile = value(); break;
       case '--out': a.out = value(); break;
@@ -97,13 +108,24 @@ async function versionOf(cmd: string, args: string[]): Promise<string> {
 
 async function previousRun(file: string): Promise<PreviousRun | null> {
   try {
-    const data = JSON.parse(await fsp.readFile(file, 'utf8')) as { meta: { started: string; sizes: { seq: number }; versions: { blksnapfs_commit: string }; transports?: string[] }; rows: Row[] };
+    const data = JSON.parse(await fsp.readFile(file, 'utf8')) as { meta: { started: string; sizes: { seq: number }; versions: { blksnapfs_commit: string }; transports?: string[]; systems?: string[] }; rows: Row[] };
     // Runs from before the transport was a dimension had blksnapfs on fuse-native.
-    const transport = data.meta.transports === undefined ? 'fuse-native' : 'libfuse3';
+    const transport = data.meta.transports === undefined && data.meta.systems === undefined ? 'fuse-native' : 'libfuse3';
     return { file: 'bench/results/latest-full.json', commit: data.meta.versions.blksnapfs_commit, transport, started: data.meta.started, seqBytes: data.meta.sizes.seq, rows: data.rows };
   } catch {
     return null;
   }
+}
+
+/** The blksnapfs systems: libfuse3 with the fast path on and/or off, and fuse-native. */
+function systemsOf(transports: readonly TransportName[], fastPath: ReadonlyArray<'on' | 'off'>): BsfSystem[] {
+  const out: BsfSystem[] = [];
+  if (transports.includes('libfuse3')) {
+    if (fastPath.includes('on')) out.push('blksnapfs');
+    if (fastPath.includes('off')) out.push('blksnapfs-off');
+  }
+  if (transports.includes('fuse-native')) out.push('blksnapfs-fn');
+  return out;
 }
 
 async function main(): Promise<number> {
@@ -114,7 +136,7 @@ async function main(): Promise<number> {
     ...makeConfig(args.quick),
     phases: args.only ?? new Set(PHASES),
     withQsd: args.qsd,
-    transports: args.transports,
+    systems: systemsOf(args.transports, args.fastPath),
     profileDir: args.profile,
   };
   if (args.reps !== null) cfg.reps = args.reps;
@@ -145,7 +167,7 @@ async function main(): Promise<number> {
     started: new Date().toISOString(),
     finished: '',
     reps: cfg.reps,
-    sizes: { seq: cfg.size, chunk: cfg.chunk, first_touch_region: cfg.firstTouchRegion, steady_region: cfg.steadyRegion, steady_seconds: cfg.steadySec, mem_chunk: cfg.memChunk, mem_bytes: cfg.memBytes, multi_bytes: cfg.multiBytes },
+    sizes: { seq: cfg.size, chunk: cfg.chunk, first_touch_region: cfg.firstTouchRegion, steady_region: cfg.steadyRegion, steady_seconds: cfg.steadySec, mem_chunk: cfg.memChunk, mem_bytes: cfg.memBytes, multi_bytes: cfg.multiBytes, sparse_origin: cfg.sparseSize },
     machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? '?', kernel: (await versionOf('uname', ['-r'])), loadavg_start: loadavg() },
     versions: {
       node: process.version,
@@ -157,7 +179,7 @@ async function main(): Promise<number> {
     scratch: dir,
     loadavg_end: [0, 0, 0],
     failures,
-    transports: cfg.transports,
+    systems: cfg.systems,
   };
 
   log(`blksnapfs bench (${cfg.mode}, ${cfg.reps} runs per figure) in ${dir}`);
@@ -166,8 +188,9 @@ async function main(): Promise<number> {
   await fio({ filename: image, rw: 'write', bs: '1M', iodepth: 4, size: cfg.size });
 
   const phases: Array<[Phase, (c: Ctx) => Promise<void>]> = [
-    ['seqwrite', seqWrite], ['seqread', seqRead], ['randwrite', randomWrite],
+    ['seqwrite', seqWrite], ['seqread', seqRead], ['randwrite', randomWrite], ['iops', smallRequests],
     ['take', takeAndOriginMemory], ['memory', chunkMemory], ['multi', multiSnapshot],
+    ['sparse', sparseImages],
   ];
   for (const [name, phase] of phases) {
     if (!cfg.phases.has(name)) continue;
@@ -183,7 +206,7 @@ async function main(): Promise<number> {
   const markdown = [
     `## blksnapfs bench, ${cfg.mode} run, ${meta.started}`,
     '',
-    `${cfg.reps} runs per figure (median ±half the range), ${meta.machine.cpus} CPUs, kernel ${meta.machine.kernel}, ${meta.versions.qemu_storage_daemon}, ${meta.versions.fio}, blksnapfs ${meta.versions.blksnapfs_commit} (blksnapfs: transport=libfuse3; blksnapfs fuse-native: transport=fuse-native; transports run: ${cfg.transports.join(', ')}). Load average at start ${meta.machine.loadavg_start.map((x) => x.toFixed(1)).join(' ')}, at end ${meta.loadavg_end.map((x) => x.toFixed(1)).join(' ')}.`,
+    `${cfg.reps} runs per figure (median ±half the range), ${meta.machine.cpus} CPUs, kernel ${meta.machine.kernel}, ${meta.versions.qemu_storage_daemon}, ${meta.versions.fio}, blksnapfs ${meta.versions.blksnapfs_commit} (blksnapfs: transport=libfuse3 with the fast path; blksnapfs fast_path=off: the same, every request through the engine; blksnapfs fuse-native: transport=fuse-native; systems run: ${cfg.systems.join(', ')}). Load average at start ${meta.machine.loadavg_start.map((x) => x.toFixed(1)).join(' ')}, at end ${meta.loadavg_end.map((x) => x.toFixed(1)).join(' ')}.`,
     '',
     renderTables(rec),
     renderTargets(targets),

@@ -12,7 +12,7 @@ export type ErrnoName =
   | 'EPERM' | 'ENOENT' | 'EIO' | 'EBADF' | 'EAGAIN' | 'ENOMEM' | 'EACCES' | 'EBUSY'
   | 'EEXIST' | 'EXDEV' | 'ENODEV' | 'ENOTDIR' | 'EISDIR' | 'EINVAL' | 'EFBIG' | 'ENOSPC'
   | 'EROFS' | 'ENAMETOOLONG' | 'ENOSYS' | 'ENOTEMPTY' | 'ENOTSUP' | 'EINTR' | 'ENOTBLK'
-  | 'ENXIO' | 'ETIMEDOUT' | 'ESHUTDOWN' | 'EOVERFLOW';
+  | 'ENXIO' | 'ETIMEDOUT' | 'ESHUTDOWN' | 'EOVERFLOW' | 'ESTALE' | 'EOPNOTSUPP';
 
 const errnoNumbers = osConstants.errno as Record<string, number | undefined>;
 
@@ -35,11 +35,17 @@ export class BlksnapError extends Error {
   }
 }
 
-/** Node's fs errors carry `code`; keep it when it is an errno name we know. */
+/**
+ * Node's fs errors carry `code`; keep it when it is an errno name we know. libuv has no
+ * name for some errno values (ESTALE: "Unknown system error -116"), so the number in
+ * `errno` is looked up too.
+ */
 export function errnoNameOf(err: unknown): ErrnoName {
   if (err instanceof BlksnapError) return err.code;
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && code in errnoNumbers) return code as ErrnoName;
+  const errno = (err as { errno?: unknown } | null)?.errno;
+  if (typeof errno === 'number' && errno !== 0) return errnoNameOfNumber(Math.abs(errno));
   return 'EIO';
 }
 

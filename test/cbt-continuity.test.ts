@@ -10,9 +10,12 @@ import type { OriginFingerprint } from '../src/storage/origin-fingerprint.js';
 
 const file = { dev: '254:0', ino: '42', size: 1 << 20, mtimeNs: '1000', ctimeNs: '1000' };
 const imageFp: OriginFingerprint = { kind: 'file', size: 1 << 20, file, rdev: null, diskseq: null, bootId: null, writeCounters: null, backingFile: null };
-const deviceFp: OriginFingerprint = { kind: 'block-device', size: 1 << 20, file: null, rdev: '8:1', diskseq: 9, bootId: 'boot-a', writeCounters: '100,0;900,0', backingFile: null };
+const deviceFp: OriginFingerprint = {
+  kind: 'block-device', size: 1 << 20, file: null, rdev: '8:1', diskseq: 9, bootId: 'boot-a', writeCounters: '100,0;900,0', backingFile: null,
+  identity: 'wwid:naa.5000c500a1b2c3d4 partition 1 start 2048', unknown: [],
+};
 
-function saved(origin: OriginFingerprint, state: 'clean' | 'in-use' = 'clean'): CbtState {
+function saved(origin: OriginFingerprint, state: 'clean' | 'in-use' | 'unproven' = 'clean'): CbtState {
   return {
     header: {
       state, block_size: 65536, block_count: 16, generation_id: 'g', generation_started: '2026-01-01T00:00:00.000Z',
@@ -69,4 +72,42 @@ test('the state file: round trip, and any one damaged byte is caught (or refused
   }
   for (const n of [0, 7, 47, 48, bytes.length - 1]) t.true('why' in decodeCbtState(bytes.subarray(0, n)), `truncated to ${n}`);
   t.false(looksLikeCbtState(Buffer.from('#!/bin/sh\necho hello\n')));
+});
+
+test('what cannot be read proves nothing; the disk must be the same one, cbt_trust or not; an unproven save never resumes', (t) => {
+  // Unknown parts (defects 7 and 8): a reset, then or now, unless cbt_trust vouches.
+  const statsOff = { ...deviceFp, writeCounters: null, unknown: ['the write counters: the I/O statistics are off (queue/iostats is 0)'] };
+  t.is(decide(statsOff, statsOff), 'origin-changed', 'iostats off, then and now: counters that stand still prove nothing');
+  t.is(decide(deviceFp, statsOff), 'origin-changed');
+  t.is(decide(statsOff, deviceFp), 'origin-changed');
+  t.is(decide(statsOff, statsOff, { trust: true }), 'resume', 'cbt_trust vouches for writes');
+  const loopFp = { ...deviceFp, identity: 'loop:254:0:77 offset 0 sizelimit 0', backingFile: file };
+  const goneBacking = { ...loopFp, backingFile: null, unknown: ["the loop device's backing file: /x cannot be looked at (ENOENT)"] };
+  t.is(decide(goneBacking, goneBacking), 'origin-changed', 'two unknowable backing files are not equal');
+  t.is(decide(loopFp, goneBacking), 'origin-changed');
+  // What older versions saved for a backing file they could not stat.
+  const placeholder = { dev: '?', ino: '?', size: -1, mtimeNs: '?', ctimeNs: '?' };
+  const old = { ...loopFp, backingFile: placeholder };
+  delete old.unknown;
+  t.is(decide(old, { ...loopFp, backingFile: placeholder }), 'origin-changed', 'the old placeholder proves nothing either');
+
+  // Identity (defect 8): two same-size disks that swapped names are refused, with or without cbt_trust.
+  const other = { ...deviceFp, identity: 'wwid:naa.5000c500ffffffff partition 1 start 2048' };
+  t.is(decide(deviceFp, other), 'origin-changed');
+  t.is(decide(deviceFp, other, { trust: true }), 'origin-changed', 'cbt_trust vouches for writes, not for which disk');
+  t.is(decide(deviceFp, { ...deviceFp, identity: null }, { trust: true }), 'origin-changed', 'an identity that is gone');
+  const noIdentity = { ...deviceFp, identity: null };
+  t.is(decide(noIdentity, { ...noIdentity, bootId: 'boot-b' }, { trust: true }), 'resume', 'a disk the kernel knows no identity of: path and size only');
+  const legacy = { ...deviceFp };
+  delete legacy.identity;
+  t.is(decide(legacy, { ...deviceFp, bootId: 'boot-b' }, { trust: true }), 'origin-changed', 'a state saved without the identity cannot be vouched for');
+  t.is(decide(legacy, deviceFp), 'resume', 'without cbt_trust the same boot, numbers and counters prove it');
+
+  // A save that saw a write from outside (defect 6).
+  const unproven = saved(imageFp, 'unproven');
+  unproven.header.unproven = 'process 42 wrote the origin file';
+  const d = decideContinuity({ saved: { kind: 'ok', state: unproven, bytes: encodeCbtState(unproven) }, origin: imageFp, blockSize: 65536, blockCount: 16, trust: true });
+  t.like(d, { resume: false, reason: 'origin-changed' });
+  t.regex(d.resume ? '' : d.detail, /process 42/);
+  t.true('state' in decodeCbtState(encodeCbtState(unproven)), 'an unproven state file reads back');
 });

@@ -4,7 +4,7 @@
  * order, including the hash growing and shrinking. No files: the table is pure memory.
  */
 import test from 'ava';
-import { CopyTable, LOST_SLOT } from '../src/engine/copy-table.js';
+import { CopyTable, HOLE_SLOT, LOST_SLOT } from '../src/engine/copy-table.js';
 
 /** mulberry32: the same sequence on every run, so a failure replays. */
 function prng(seed: number): () => number {
@@ -66,7 +66,8 @@ for (const [name, space, seed] of [
       for (let i = 0; i < 300; i++) {
         const chunk = pick();
         if (table.savedThrough(chunk) >= newest) continue;
-        const slot = rand() < 0.05 ? LOST_SLOT : nextSlot++;
+        const kind = rand();
+        const slot = kind < 0.05 ? LOST_SLOT : kind < 0.1 ? HOLE_SLOT : nextSlot++;
         table.record(chunk, newest, slot);
         model.record(chunk, newest, slot);
       }
@@ -76,6 +77,7 @@ for (const [name, space, seed] of [
       const freed: number[] = [];
       table.sweep(needed, (slot) => freed.push(slot));
       for (const slot of freed) {
+        if (slot >= LOST_SLOT) t.fail(`slot ${slot} handed back, but it is no storage`);
         t.false(released.has(slot), `slot ${slot} released once`);
         released.add(slot);
       }
@@ -96,8 +98,11 @@ for (const [name, space, seed] of [
     const reachable = new Set<number>();
     for (const [chunk] of model.chunks) for (const s of live) reachable.add(model.lookup(chunk, s));
     for (const slot of released) t.false(reachable.has(slot), `freed slot ${slot} is not reachable`);
-    const stored = [...model.chunks.values()].flat().filter((r) => r.slot !== LOST_SLOT && !released.has(r.slot)).length;
-    t.is(table.savedCopies, stored, 'savedCopies counts the copies still held');
+    const records = [...model.chunks.values()].flat();
+    const stored = records.filter((r) => r.slot !== LOST_SLOT && r.slot !== HOLE_SLOT && !released.has(r.slot)).length;
+    const holes = records.filter((r) => r.slot === HOLE_SLOT && [...live].some((s) => r.lo < s && s <= r.hi)).length;
+    t.is(table.savedHoles, holes, 'savedHoles counts the holes still needed');
+    t.is(table.savedCopies, stored + holes, 'savedCopies counts the copies still held, holes included');
   });
 }
 

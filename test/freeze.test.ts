@@ -83,7 +83,9 @@ test('freeze holds origin writes until thaw; mkdir works while frozen; bad and r
   t.deepEqual(tail.lines.filter((e) => e.type !== 'cbt-reset').map((e) => e.type), ['frozen', 'snapshot-taken', 'thawed']);
 
   t.is(await control(m.mnt, 'thaw'), 'EINVAL', 'thaw without a freeze');
-  for (const bad of ['freeze 0', 'freeze 60001', 'freeze', 'freeze 1s', 'freeze 10 20', 'thaw now']) {
+  t.is(await control(m.mnt, 'thaw now'), 'ESTALE', 'a thaw naming a freeze that is not there');
+  const longToken = 'x'.repeat(65);
+  for (const bad of ['freeze 0', 'freeze 60001', 'freeze', 'freeze 1s', 'freeze 10 20 30', 'freeze 10 a/b', `freeze 10 ${longToken}`, 'thaw a b', 'thaw a/b']) {
     t.is(await control(m.mnt, bad), 'EINVAL', bad);
   }
   t.is((await m.status())['frozen_until'], null, 'bad commands freeze nothing');
@@ -121,6 +123,74 @@ test('a freezing caller killed while it holds the freeze: writers resume by the 
   t.true(waited < 15_000, `by the deadline, not for ever (${waited} ms after the freeze)`);
   await tail.waitType('thawed');
   t.deepEqual(tail.lines.filter((e) => e.type !== 'cbt-reset').map((e) => [e.type, e['reason']]), [['frozen', undefined], ['thawed', 'deadline']]);
+});
+
+test("a thaw ends only its own freeze: A's ran out, B froze, A's late thaw is ESTALE and B stays frozen", async (t) => {
+  const m = await mountImage(t, { size: 16 * MiB, options: 'diff_size=16M' });
+  const tail = new EventTail(t, m.mnt);
+  t.is(await control(m.mnt, 'freeze 300 caller-A'), null);
+  await tail.waitFor('thawed by the deadline', (e) => e.type === 'thawed' && e['reason'] === 'deadline');
+  t.is(await control(m.mnt, 'freeze 30000 caller-B'), null);
+  t.is(await control(m.mnt, 'thaw caller-A'), 'ESTALE', "A learns that its cut was not held");
+  t.truthy((await m.status())['frozen_until'], "B's freeze still holds");
+  t.is(await control(m.mnt, 'thaw'), 'ESTALE', 'nor does a plain thaw end a freeze made with a token');
+  t.truthy((await m.status())['frozen_until']);
+  const w = blockWrite(t, m, 2);
+  t.is(await control(m.mnt, 'thaw caller-B'), null);
+  t.is(await w.exit, 0, 'the held write completes once B thaws');
+  await tail.waitFor('thawed by B', (e) => e.type === 'thawed' && e['reason'] === 'thaw');
+  t.deepEqual(tail.lines.filter((e) => e.type !== 'cbt-reset').map((e) => [e.type, e['reason']]),
+    [['frozen', undefined], ['thawed', 'deadline'], ['frozen', undefined], ['thawed', 'thaw']]);
+  t.is(await control(m.mnt, 'thaw caller-B'), 'ESTALE', 'B thawed already');
+});
+
+test('a coherent take whose freeze of one mount ran out fails and leaves nothing, even when someone froze that mount since', async (t) => {
+  const a = await mountImage(t, { size: 16 * MiB, sparse: true, options: 'diff_size=16M' });
+  const b = await mountImage(t, { size: 16 * MiB, sparse: true, options: 'diff_size=16M' });
+  // The file system for --fsfreeze lives on a third mount, c: freezing c stalls `fsfreeze -f`
+  // (it must write through c's origin), which holds the CLI before it freezes a or b.
+  const origin = join((await scratchDir(t)), 'fs.img');
+  await makeImage(origin, 64 * MiB, { sparse: true });
+  await must('mkfs.ext4', ['-q', '-F', origin]);
+  const c = await mountImage(t, { origin, options: 'diff_size=64M' });
+  const fsDir = join(c.dir, 'live');
+  await mountDevice(t, await loopDevice(t, c.path('origin')), fsDir);
+  t.teardown(async () => {
+    await run('fsfreeze', ['-u', fsDir]);
+  });
+  const tailA = new EventTail(t, a.mnt);
+  const daemonB = Number((await b.status())['pid']);
+  t.teardown(() => {
+    try {
+      process.kill(daemonB, 'SIGCONT');
+    } catch {
+      // gone
+    }
+  });
+
+  t.is(await control(c.mnt, 'freeze 60000 test-c'), null);
+  const take = owned(t, process.execPath, [CLI, 'snapshot', 'take', a.mnt, b.mnt, 'cut', '--fsfreeze', fsDir, '--freeze-timeout', '3000']);
+  let stderr = '';
+  take.child.stderr?.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+  for (let i = 0; i < 200 && (await run('pgrep', ['-f', `fsfreeze -f ${fsDir}`])).code !== 0; i++) await sleep(50);
+  // b's daemon stops: the CLI's freeze of b waits in the kernel and starts only when b resumes.
+  process.kill(daemonB, 'SIGSTOP');
+  t.is(await control(c.mnt, 'thaw test-c'), null);
+  await tailA.waitType('frozen', undefined, 30_000);
+  await tailA.waitFor("the CLI's freeze of a ran out", (e) => e.type === 'thawed' && e['reason'] === 'deadline', 30_000);
+  // Someone else freezes a now: a plain thaw by the CLI would end this freeze and succeed.
+  t.is(await control(a.mnt, 'freeze 60000 someone-else'), null);
+  process.kill(daemonB, 'SIGCONT');
+
+  t.not(await take.exit, 0, 'the take fails');
+  t.regex(stderr, /freeze of .* ran out/);
+  t.is(stderr.trim().split('\n').length, 1, stderr);
+  t.false(existsSync(a.path('snapshots', 'cut')), 'the set is destroyed on a');
+  t.false(existsSync(b.path('snapshots', 'cut')), 'and on b');
+  t.truthy((await a.status())['frozen_until'], "the other caller's freeze of a still holds");
+  t.is(await control(a.mnt, 'thaw someone-else'), null, 'and is ended by its own thaw');
+  t.is((await b.status())['frozen_until'], null, 'b was thawed');
+  t.is(await run('fsfreeze', ['-u', fsDir]).then((r) => r.code), 1, 'the file system was thawed');
 });
 
 test('coherent takes of two origins with the CLI: each pair of images has seqB <= seqA <= seqB + 1', async (t) => {

@@ -87,3 +87,54 @@ test('the deadline opens the gate and says so; dispose ends a freeze at unmount'
   t.deepEqual(types(events), ['frozen', 'thawed:deadline', 'frozen', 'thawed:thaw']);
   for (const bad of [0, -1, 60_001, 1.5, Number.NaN]) await t.throwsAsync(freeze.freeze(bad), { message: /1\.\.60000/ });
 });
+
+test('tokens: a thaw ends only the freeze it names; a stale one is ESTALE and changes nothing', async (t) => {
+  const { barrier, events, freeze } = parts();
+  const code = (fn: () => void): string | null => {
+    try {
+      fn();
+      return null;
+    } catch (err) {
+      return (err as BlksnapError).code;
+    }
+  };
+  // A's freeze runs out; B freezes; A's late thaw must not end B's freeze.
+  await freeze.freeze(50, 'caller-A');
+  const held = barrier.enter();
+  t.not(held, null, 'frozen');
+  await held;
+  t.is(freeze.frozenUntil, null, "A's freeze ran out");
+  await freeze.freeze(60_000, 'caller-B');
+  t.is(code(() => freeze.thaw('caller-A')), 'ESTALE', "A's thaw names no current freeze");
+  t.not(freeze.frozenUntil, null, 'B is still frozen');
+  t.not(barrier.enter(), null, 'writes are still held');
+  t.is(code(() => freeze.thaw()), 'ESTALE', 'a plain thaw does not end a freeze made with a token');
+  t.not(freeze.frozenUntil, null);
+  await t.throwsAsync(freeze.freeze(1000, 'caller-C'), { message: /already frozen/ }, 'a second freeze is EBUSY');
+  t.is(code(() => freeze.thaw('bad/token')), 'EINVAL');
+  t.is(code(() => freeze.thaw('caller-B')), null, 'B thaws its own');
+  t.is(freeze.frozenUntil, null);
+  t.is(code(() => freeze.thaw('caller-B')), 'ESTALE', 'thawing it again: it is gone');
+  t.is(code(() => freeze.thaw()), 'EINVAL', 'a plain thaw with nothing frozen');
+
+  // Without tokens, as before; a tokened thaw cannot end a freeze made without one.
+  await freeze.freeze(60_000);
+  t.is(code(() => freeze.thaw('caller-A')), 'ESTALE');
+  t.not(freeze.frozenUntil, null);
+  t.is(code(() => freeze.thaw()), null);
+
+  // A freeze still draining is ended by its own token (it then fails with EINTR), not by another.
+  t.is(barrier.enter(), null, 'a write in flight');
+  const draining = freeze.freeze(60_000, 'slow');
+  t.is(code(() => freeze.thaw('other')), 'ESTALE');
+  t.is(code(() => freeze.thaw('slow')), null);
+  t.is(((await t.throwsAsync(draining)) as BlksnapError).code, 'EINTR');
+  barrier.leave();
+  for (const bad of ['', 'a b', 'x'.repeat(65), 'é', 'a/b']) {
+    await t.throwsAsync(freeze.freeze(1000, bad), { message: /token/ }, JSON.stringify(bad));
+  }
+  t.is(freeze.frozenUntil, null, 'bad tokens froze nothing');
+  t.is(barrier.enter(), null);
+  barrier.leave();
+  t.deepEqual(types(events), ['frozen', 'thawed:deadline', 'frozen', 'thawed:thaw', 'frozen', 'thawed:thaw']);
+});

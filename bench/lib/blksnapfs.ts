@@ -22,7 +22,7 @@ export interface BsfStatus {
   chunk_count: number;
   block_size: number;
   block_count: number;
-  diff_storage: { saved_chunks: number; used: number; size: number };
+  diff_storage: { saved_chunks: number; hole_chunks?: number; used: number; size: number };
   snapshots: Array<{ name: string; state: string }>;
   transport?: TransportStats;
 }

@@ -6,11 +6,10 @@ import { join } from 'node:path';
 import { Blksnapfs } from './blksnapfs.js';
 import { Qsd } from './qsd.js';
 import type { Cleanup } from './cleanup.js';
-import { systemOf, type BsfSystem, type Recorder } from './results.js';
-import type { TransportName } from '../../src/fuse/transport.js';
+import { variantOf, type BsfSystem, type BsfVariant, type Recorder } from './results.js';
 import { GiB, KiB, MiB, TiB } from './tools.js';
 
-export const PHASES = ['seqwrite', 'seqread', 'randwrite', 'take', 'memory', 'multi'] as const;
+export const PHASES = ['seqwrite', 'seqread', 'randwrite', 'iops', 'take', 'memory', 'multi', 'sparse'] as const;
 export type Phase = (typeof PHASES)[number];
 
 export interface Config {
@@ -34,15 +33,17 @@ export interface Config {
   /** Snapshots held at once, and bytes written, for the multi-snapshot measurement. */
   multi: number[];
   multiBytes: number;
+  /** Size of the sparse origin (5% data) whose image cp --sparse=always copies. */
+  sparseSize: number;
   phases: Set<Phase>;
   /** Systems to run (raw, blksnapfs, qsd). */
   withQsd: boolean;
-  /** FUSE transports blksnapfs runs on, each a system of its own (libfuse3: blksnapfs, fuse-native: blksnapfs-fn). */
-  transports: TransportName[];
+  /** The blksnapfs systems of this run (libfuse3 with and without the fast path, fuse-native), in the order they run. */
+  systems: BsfSystem[];
   profileDir: string | null;
 }
 
-export function makeConfig(quick: boolean): Omit<Config, 'phases' | 'withQsd' | 'profileDir' | 'transports'> {
+export function makeConfig(quick: boolean): Omit<Config, 'phases' | 'withQsd' | 'profileDir' | 'systems'> {
   return quick
     ? {
         mode: 'quick', reps: 3, size: 256 * MiB, chunk: 64 * KiB,
@@ -50,6 +51,7 @@ export function makeConfig(quick: boolean): Omit<Config, 'phases' | 'withQsd' | 
         takeSizes: [GiB, TiB, 16 * TiB], takesPerSize: 5,
         memChunk: 4 * KiB, memBytes: 128 * MiB,
         multi: [1, 2, 4, 8], multiBytes: 64 * MiB,
+        sparseSize: 512 * MiB,
       }
     : {
         mode: 'full', reps: 3, size: GiB, chunk: 64 * KiB,
@@ -57,6 +59,7 @@ export function makeConfig(quick: boolean): Omit<Config, 'phases' | 'withQsd' | 
         takeSizes: [GiB, TiB, 16 * TiB], takesPerSize: 7,
         memChunk: 4 * KiB, memBytes: GiB,
         multi: [1, 2, 4, 8], multiBytes: 512 * MiB,
+        sparseSize: 4 * GiB,
       };
 }
 
@@ -76,13 +79,13 @@ export interface Ctx {
 
 let mountSeq = 0;
 
-/** The blksnapfs systems of this run, one per transport, in the order they run. */
-export function bsfSystems(ctx: Ctx): Array<{ system: BsfSystem; transport: TransportName }> {
-  return ctx.cfg.transports.map((transport) => ({ system: systemOf(transport), transport }));
+/** The blksnapfs systems of this run, each with how it is mounted, in the order they run. */
+export function bsfSystems(ctx: Ctx): Array<{ system: BsfSystem; transport: BsfVariant }> {
+  return ctx.cfg.systems.map((system) => ({ system, transport: variantOf(system) }));
 }
 
-/** Mount blksnapfs over `origin` on `transport`, with its own difference storage in the scratch dir. */
-export function mountBsf(ctx: Ctx, opts: { origin?: string; chunk?: number | null; diffSize: number; transport: TransportName; extra?: string }): Promise<Blksnapfs> {
+/** Mount blksnapfs over `origin` as `transport` says, with its own difference storage in the scratch dir. */
+export function mountBsf(ctx: Ctx, opts: { origin?: string; chunk?: number | null; diffSize: number; transport: BsfVariant; extra?: string }): Promise<Blksnapfs> {
   const n = ++mountSeq;
   const options = [
     `diff_storage=${join(ctx.dir, `bsf${n}.diff`)}`,
@@ -90,7 +93,8 @@ export function mountBsf(ctx: Ctx, opts: { origin?: string; chunk?: number | nul
     ...(opts.chunk === null ? [] : [`chunk_size=${opts.chunk ?? ctx.cfg.chunk}`]),
     `log=${join(ctx.dir, 'blksnapfs.log')}`,
     'log_level=warn',
-    `transport=${opts.transport}`,
+    `transport=${opts.transport.transport}`,
+    `fast_path=${opts.transport.fastPath ? 'on' : 'off'}`,
     ...(opts.extra === undefined ? [] : [opts.extra]),
   ].join(',');
   const nodeFlags = ctx.cfg.profileDir === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${ctx.cfg.profileDir}`];

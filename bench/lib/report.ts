@@ -3,15 +3,16 @@
  * blksnapfs and qemu-storage-daemon side by side, median of the runs with their
  * spread), then the targets as ratios taken within this one run, with pass or fail.
  */
-import { systemLabel, type Cell, type DaemonSample, type Recorder, type Row, type System } from './results.js';
+import { BSF_SYSTEMS, systemLabel, type Cell, type DaemonSample, type Recorder, type Row, type System } from './results.js';
 import { median, MiB } from './tools.js';
 
 export interface Target {
   /**
-   * 'runs': the targets of copy runs (issue 17); 'transport': those of the libfuse 3
-   * transport (issue 8); 'earlier': the ones before it.
+   * 'runs': copy runs' (issue 17); 'fastpath': the native fast path's (issue 14);
+   * 'transport': the libfuse 3 transport's (issue 8); 'sparse': thin images (issue 16);
+   * 'earlier': the ones before.
    */
-  group: 'runs' | 'transport' | 'earlier';
+  group: 'runs' | 'fastpath' | 'transport' | 'sparse' | 'earlier';
   name: string;
   measured: string;
   goal: string;
@@ -48,19 +49,19 @@ function ratio(row: Row, a: System, b: System): string {
   return `${(x / y).toFixed(2)}x`;
 }
 
-const COLUMNS: readonly System[] = ['raw', 'blksnapfs', 'blksnapfs-fn', 'qsd'];
+const COLUMNS: readonly System[] = ['raw', 'blksnapfs', 'blksnapfs-off', 'blksnapfs-fn', 'qsd'];
 
 export function renderTables(rec: Recorder): string {
   const notes: string[] = [];
   const out: string[] = [];
   const sections = [...new Set(rec.rows.map((r) => r.section))];
-  const head = `| workload | tool | state | unit | ${COLUMNS.map(systemLabel).join(' | ')} | blksnapfs/qsd | blksnapfs/fuse-native |`;
+  const head = `| workload | tool | state | unit | ${COLUMNS.map(systemLabel).join(' | ')} | blksnapfs/qsd | blksnapfs/raw | fast path on/off | blksnapfs/fuse-native |`;
   for (const section of sections) {
-    out.push(`### ${section}`, '', head, `| --- | --- | --- | --- |${' ---: |'.repeat(COLUMNS.length + 2)}`);
+    out.push(`### ${section}`, '', head, `| --- | --- | --- | --- |${' ---: |'.repeat(COLUMNS.length + 4)}`);
     for (const r of rec.rows.filter((x) => x.section === section)) {
       const facts = Object.entries(r.facts).map(([k, v]) => `${k}=${v}`).join(' ');
       const cells = COLUMNS.map((s) => fmtCell(r.cells[s], r.unit, notes)).join(' | ');
-      out.push(`| ${r.workload} | ${r.tool} | ${r.state}${facts === '' ? '' : ` (${facts})`} | ${r.unit} | ${cells} | ${ratio(r, 'blksnapfs', 'qsd')} | ${ratio(r, 'blksnapfs', 'blksnapfs-fn')} |`);
+      out.push(`| ${r.workload} | ${r.tool} | ${r.state}${facts === '' ? '' : ` (${facts})`} | ${r.unit} | ${cells} | ${ratio(r, 'blksnapfs', 'qsd')} | ${ratio(r, 'blksnapfs', 'raw')} | ${ratio(r, 'blksnapfs', 'blksnapfs-off')} | ${ratio(r, 'blksnapfs', 'blksnapfs-fn')} |`);
     }
     out.push('');
   }
@@ -91,12 +92,12 @@ export function renderDaemonEvidence(rec: Recorder): string {
   ];
   let any = false;
   for (const r of rec.rows) {
-    for (const system of ['blksnapfs', 'blksnapfs-fn'] as const) {
+    for (const system of BSF_SYSTEMS) {
       const c = r.cells[system];
       const d = c?.daemon;
       if (c === undefined || d === undefined || d.length === 0 || c.median === null) continue;
       any = true;
-      out.push(`| ${r.workload} | ${r.tool} | ${r.state} | ${system === 'blksnapfs' ? 'libfuse3' : 'fuse-native'} | ${fmtNumber(c.median, r.unit)} ${r.unit} | ${medianOf(d, 'requests').toFixed(0)} | ${medianOf(d, 'meanInFlight').toFixed(1)} | ${medianOf(d, 'maxInFlight').toFixed(0)} | ${medianOf(d, 'cpuPercent').toFixed(0)}% | ${medianOf(d, 'jsCpuPercent').toFixed(0)}% | ${medianOf(d, 'cpuUsPerRequest').toFixed(1)} |`);
+      out.push(`| ${r.workload} | ${r.tool} | ${r.state} | ${systemLabel(system).replace('blksnapfs', 'libfuse3').replace('libfuse3 fuse-native', 'fuse-native')} | ${fmtNumber(c.median, r.unit)} ${r.unit} | ${medianOf(d, 'requests').toFixed(0)} | ${medianOf(d, 'meanInFlight').toFixed(1)} | ${medianOf(d, 'maxInFlight').toFixed(0)} | ${medianOf(d, 'cpuPercent').toFixed(0)}% | ${medianOf(d, 'jsCpuPercent').toFixed(0)}% | ${medianOf(d, 'cpuUsPerRequest').toFixed(1)} |`);
     }
   }
   out.push('');
@@ -125,6 +126,53 @@ export interface PreviousRun {
   started: string;
   seqBytes: number;
   rows: Row[];
+}
+
+/** A median of the daemon's samples of a row (the evidence table's figures), or null. */
+function daemonMedian(rec: Recorder, id: string, system: System, key: keyof DaemonSample): number | null {
+  const d = rec.getRow(id)?.cells[system]?.daemon;
+  return d === undefined || d.length === 0 ? null : medianOf(d, key);
+}
+
+/** Units where less is better. */
+const LOWER_IS_BETTER = new Set(['ms', 'MiB', 'B']);
+
+/** The native fast path's targets (issue 14), ratios within this run. */
+function fastPathTargets(rec: Recorder, bigOrigin: string): Target[] {
+  const g = 'fastpath' as const;
+  const t: Target[] = [
+    ratioTarget(rec, '4K randwrite qd1, no snapshot: blksnapfs / qsd', ['rw.qd1.nosnap', 'blksnapfs'], ['rw.qd1.nosnap', 'qsd'], 2.0, g),
+    ratioTarget(rec, '4K randwrite qd1, no snapshot: blksnapfs / raw file', ['rw.qd1.nosnap', 'blksnapfs'], ['rw.qd1.nosnap', 'raw'], 1.0, g),
+    ratioTarget(rec, '4K randwrite qd16, no snapshot: blksnapfs / qsd', ['rw.qd16.nosnap', 'blksnapfs'], ['rw.qd16.nosnap', 'qsd'], 1.8, g),
+    ratioTarget(rec, '4K randwrite qd16, no snapshot: blksnapfs / raw file', ['rw.qd16.nosnap', 'blksnapfs'], ['rw.qd16.nosnap', 'raw'], 1.0, g),
+    ratioTarget(rec, '4K randwrite qd1, steady state under a snapshot / no snapshot', ['rw.qd1.steady', 'blksnapfs'], ['rw.qd1.nosnap', 'blksnapfs'], 0.9, g),
+    ratioTarget(rec, '4K randwrite qd16, steady state under a snapshot / no snapshot', ['rw.qd16.steady', 'blksnapfs'], ['rw.qd16.nosnap', 'blksnapfs'], 0.9, g),
+    ratioTarget(rec, '4K randread qd1: blksnapfs / qsd', ['rr.qd1.nosnap', 'blksnapfs'], ['rr.qd1.nosnap', 'qsd'], 2.0, g),
+    ratioTarget(rec, '4K randread qd16: blksnapfs / qsd', ['rr.qd16.nosnap', 'blksnapfs'], ['rr.qd16.nosnap', 'qsd'], 2.0, g),
+    ratioTarget(rec, '4K randrw 70/30 qd16: blksnapfs / qsd', ['mix.qd16.nosnap', 'blksnapfs'], ['mix.qd16.nosnap', 'qsd'], 1.8, g),
+    ratioTarget(rec, '4K randwrite, 16 jobs psync: blksnapfs / qsd', ['psync16.nosnap', 'blksnapfs'], ['psync16.nosnap', 'qsd'], 1.8, g),
+  ];
+  const cpu = daemonMedian(rec, 'rw.qd16.nosnap', 'blksnapfs', 'cpuUsPerRequest');
+  t.push(cpu === null
+    ? { group: g, name: 'daemon CPU per 4 KiB request (randwrite qd16, no snapshot)', measured: 'n/a', goal: '<= 12 µs', pass: null, note: 'not measured in this run' }
+    : { group: g, name: 'daemon CPU per 4 KiB request (randwrite qd16, no snapshot)', measured: `${cpu.toFixed(1)} µs`, goal: '<= 12 µs', pass: cpu <= 12, note: 'all threads\' CPU over the tool\'s requests; the C passthrough bound is 9.6 µs' });
+  // No row slower than the engine's own path beyond the noise (10%).
+  const compared: Array<{ label: string; r: number }> = [];
+  for (const row of rec.rows) {
+    const on = row.cells.blksnapfs?.median;
+    const off = row.cells['blksnapfs-off']?.median;
+    if (on === undefined || off === undefined || on === null || off === null || on === 0 || off === 0) continue;
+    compared.push({ label: `${row.workload}, ${row.state}`, r: LOWER_IS_BETTER.has(row.unit) ? off / on : on / off });
+  }
+  const worst = compared.reduce<{ label: string; r: number } | null>((w, c) => (w === null || c.r < w.r ? c : w), null);
+  t.push(worst === null
+    ? { group: g, name: 'no row slower than fast_path=off', measured: 'n/a', goal: '>= 0.9x', pass: null, note: 'fast_path=off not measured in this run' }
+    : { group: g, name: 'no row slower than fast_path=off', measured: `worst ${worst.r.toFixed(2)}x (${worst.label}) of ${compared.length} rows`, goal: '>= 0.9x', pass: worst.r >= 0.9, note: 'on/off, or off/on where less is better' });
+  const take = rec.get(`take.${bigOrigin}`, 'blksnapfs');
+  t.push(take === null
+    ? { group: g, name: `snapshot take at ${bigOrigin}`, measured: 'n/a', goal: '< 2 ms', pass: null, note: 'not measured in this run' }
+    : { group: g, name: `snapshot take at ${bigOrigin}`, measured: `${take.toFixed(2)} ms`, goal: '< 2 ms', pass: take < 2, note: '' });
+  return t;
 }
 
 /** The dd rows: compared with the previous run, and with fuse-native in this run. */
@@ -204,7 +252,7 @@ function runsTargets(rec: Recorder, storageBound: string): Target[] {
 }
 
 export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallOrigin: string; flatToleranceMiB: number; previous: PreviousRun | null; seqBytes: number; storageBound: string }): Target[] {
-  const t: Target[] = [...runsTargets(rec, opts.storageBound), ...transportTargets(rec, opts.previous, opts.seqBytes)];
+  const t: Target[] = [...runsTargets(rec, opts.storageBound), ...fastPathTargets(rec, opts.bigOrigin), ...transportTargets(rec, opts.previous, opts.seqBytes)];
   // The fio rows of these are transport targets above; dd keeps its earlier ones.
   t.push(ratioTarget(rec, 'origin seq write, no snapshot (dd): blksnapfs / qsd', ['sw.dd.nosnap', 'blksnapfs'], ['sw.dd.nosnap', 'qsd'], 1.0));
   t.push(ratioTarget(rec, 'first write under snapshot (dd): blksnapfs / qsd', ['sw.dd.first', 'blksnapfs'], ['sw.dd.first', 'qsd'], 1.2));
@@ -257,6 +305,19 @@ export function evaluateTargets(rec: Recorder, opts: { bigOrigin: string; smallO
     });
   }
   t.push(ratioTarget(rec, 'first write with 8 snapshots held vs 1', ['multi.8', 'blksnapfs'], ['multi.1', 'blksnapfs'], 0.9));
+  t.push(...sparseTargets(rec));
+  return t;
+}
+
+/** Thin images: cp --sparse=always of an image as fast as of the origin file, reading about the data only. */
+function sparseTargets(rec: Recorder): Target[] {
+  const t = [ratioTarget(rec, 'cp --sparse=always of a thin image: blksnapfs / raw file', ['sparse.cp', 'blksnapfs'], ['sparse.cp', 'raw'], 1.0, 'sparse')];
+  const name = 'bytes the daemon read for that cp: at most 2x the data';
+  const read = rec.get('sparse.cp.read', 'blksnapfs');
+  const dataMiB = Number(rec.getRow('sparse.cp.read')?.facts['data_mib'] ?? NaN);
+  t.push(read === null || !Number.isFinite(dataMiB)
+    ? { group: 'sparse', name, measured: 'n/a', goal: '<= 2.0x data', pass: null, note: 'not measured in this run' }
+    : { group: 'sparse', name, measured: `${(read / dataMiB).toFixed(2)}x (${read.toFixed(1)} MiB of ${dataMiB} MiB data)`, goal: '<= 2.0x data', pass: read <= 2 * dataMiB, note: '' });
   return t;
 }
 
@@ -264,7 +325,9 @@ export function renderTargets(targets: readonly Target[]): string {
   const out: string[] = [];
   const groups: Array<[Target['group'], string]> = [
     ['runs', '### Targets of copy runs (issue 17; ratios within this run)'],
+    ['fastpath', '### Targets of the native fast path (ratios within this run)'],
     ['transport', '### Targets of the libfuse 3 transport (ratios within this run)'],
+    ['sparse', '### Targets of thin images (ratios within this run)'],
     ['earlier', '### Earlier targets (ratios within this run; blksnapfs = the default transport)'],
   ];
   for (const [group, title] of groups) {

@@ -8,19 +8,35 @@
 import type { TransportName } from '../../src/fuse/transport.js';
 import { median } from './tools.js';
 
-/** blksnapfs is on the default transport (libfuse3); blksnapfs-fn on fuse-native. */
-export type System = 'raw' | 'blksnapfs' | 'blksnapfs-fn' | 'qsd';
-export const SYSTEMS: readonly System[] = ['raw', 'blksnapfs', 'blksnapfs-fn', 'qsd'];
-export type BsfSystem = 'blksnapfs' | 'blksnapfs-fn';
+/**
+ * blksnapfs is the default: libfuse3 with the native fast path; blksnapfs-off the same
+ * transport with fast_path=off (every request through the engine); blksnapfs-fn on
+ * fuse-native (which has no fast path).
+ */
+export type System = 'raw' | 'blksnapfs' | 'blksnapfs-off' | 'blksnapfs-fn' | 'qsd';
+export const SYSTEMS: readonly System[] = ['raw', 'blksnapfs', 'blksnapfs-off', 'blksnapfs-fn', 'qsd'];
+export type BsfSystem = 'blksnapfs' | 'blksnapfs-off' | 'blksnapfs-fn';
+export const BSF_SYSTEMS: readonly BsfSystem[] = ['blksnapfs', 'blksnapfs-off', 'blksnapfs-fn'];
 
-export function systemOf(transport: TransportName): BsfSystem {
-  return transport === 'libfuse3' ? 'blksnapfs' : 'blksnapfs-fn';
+/** How a blksnapfs system is mounted. */
+export interface BsfVariant {
+  transport: TransportName;
+  fastPath: boolean;
+}
+
+export function variantOf(system: BsfSystem): BsfVariant {
+  switch (system) {
+    case 'blksnapfs': return { transport: 'libfuse3', fastPath: true };
+    case 'blksnapfs-off': return { transport: 'libfuse3', fastPath: false };
+    case 'blksnapfs-fn': return { transport: 'fuse-native', fastPath: false };
+  }
 }
 
 export function systemLabel(system: System): string {
   switch (system) {
     case 'raw': return 'raw file';
     case 'blksnapfs': return 'blksnapfs';
+    case 'blksnapfs-off': return 'blksnapfs fast_path=off';
     case 'blksnapfs-fn': return 'blksnapfs fuse-native';
     case 'qsd': return 'qsd';
   }

@@ -64,7 +64,13 @@ export async function ddRead(path: string, bytes: number): Promise<Throughput> {
 
 export interface FioJob {
   filename: string;
-  rw: 'read' | 'write' | 'randwrite' | 'randread';
+  /** randrw: a mix, `rwmixread` percent reads; its result adds both sides. */
+  rw: 'read' | 'write' | 'randwrite' | 'randread' | 'randrw';
+  rwmixread?: number;
+  /** libaio (the default: iodepth requests in flight from one thread) or psync (one synchronous request per job). */
+  ioengine?: 'libaio' | 'psync';
+  /** Jobs side by side (reported as one). */
+  numjobs?: number;
   bs: string;
   iodepth: number;
   size?: number;
@@ -92,12 +98,14 @@ export interface FioResult {
   ios: number;
 }
 
-/** One fio job with libaio and O_DIRECT; never creates or extends files. */
+/** One fio job with libaio (or psync) and O_DIRECT; never creates or extends files. */
 export async function fio(job: FioJob): Promise<FioResult> {
   const args = [
-    '--name=bench', '--ioengine=libaio', '--direct=1', `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.iodepth}`,
+    '--name=bench', `--ioengine=${job.ioengine ?? 'libaio'}`, '--direct=1', `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.iodepth}`,
     '--allow_file_create=0', '--fallocate=none', '--output-format=json',
   ];
+  if (job.rwmixread !== undefined) args.push(`--rwmixread=${job.rwmixread}`);
+  if (job.numjobs !== undefined) args.push(`--numjobs=${job.numjobs}`, '--group_reporting');
   if (job.iolog !== undefined) {
     args.push(`--read_iolog=${job.iolog}`, '--replay_no_stall=1', `--replay_redirect=${job.filename}`);
   } else {
@@ -107,7 +115,7 @@ export async function fio(job: FioJob): Promise<FioResult> {
   if (job.offset !== undefined) args.push(`--offset=${job.offset}`);
   if (job.runtimeSec !== undefined) args.push('--time_based', `--runtime=${job.runtimeSec}`);
   if (job.rw === 'read' || job.rw === 'randread') args.push('--readonly');
-  if (job.rw === 'write' || job.rw === 'randwrite') args.push('--end_fsync=1');
+  if (job.rw === 'write' || job.rw === 'randwrite' || job.rw === 'randrw') args.push('--end_fsync=1');
   args.push(...(job.extra ?? []));
   const r = await must('fio', args);
   const start = r.stdout.indexOf('{');
@@ -115,6 +123,9 @@ export async function fio(job: FioJob): Promise<FioResult> {
   const j = out.jobs[0];
   if (j === undefined) throw new Error('fio printed no job');
   if (j.error !== 0) throw new Error(`fio job error ${j.error}`);
+  if (job.rw === 'randrw') {
+    return { mibs: (j.read.bw_bytes + j.write.bw_bytes) / MiB, iops: j.read.iops + j.write.iops, ios: Math.round((j.read.io_bytes + j.write.io_bytes) / 4096) };
+  }
   const side = job.rw === 'read' || job.rw === 'randread' ? j.read : j.write;
   return { mibs: side.bw_bytes / MiB, iops: side.iops, ios: Math.round(side.io_bytes / 4096) };
 }

@@ -388,6 +388,20 @@ static napi_value js_reply_dir(napi_env env, napi_callback_info info) {
   return js_bool(env, 1);
 }
 
+/* replyLseek(session, id, offset): the answer of an lseek(SEEK_DATA | SEEK_HOLE). */
+static napi_value js_reply_lseek(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  bs_session *s;
+  bs_slot *slot;
+  if (get_ids(env, info, 3, argv, &s, &slot) != 0) return NULL;
+  if (slot == NULL) return js_bool(env, 0);
+  double off = num_at(env, argv[2]);
+  if (!(off >= 0)) fuse_reply_err(slot->req, EIO);
+  else fuse_reply_lseek(slot->req, (off_t)off);
+  bs_release_slot(s, slot);
+  return js_bool(env, 1);
+}
+
 /* unmount(session, lazy) -> 0 or errno */
 static napi_value js_unmount(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -553,6 +567,26 @@ static napi_value js_fast_release(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* fastTally(session) -> [begun, ended, pages]: the fast path's origin writes, read
+ * `ended` first (src/engine/origin-write-accounting.ts has the contract). */
+static napi_value js_fast_tally(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bs_session *s = session_arg(env, argv[0]);
+  if (s == NULL) return NULL;
+  uint64_t v[3];
+  bs_fast_tally(s, &v[0], &v[1], &v[2]);
+  napi_value arr;
+  napi_create_array_with_length(env, 3, &arr);
+  for (uint32_t i = 0; i < 3; i++) {
+    napi_value x;
+    napi_create_double(env, (double)v[i], &x);
+    napi_set_element(env, arr, i, x);
+  }
+  return arr;
+}
+
 /* stats(session, resetMax) -> [requests, inFlight, maxInFlight, fastOn, fastReads,
  * fastWrites, fastReadBytes, fastWriteBytes, fastSyncs]. Requests and requests in
  * flight count both kinds: those JavaScript answers and those the fast path serves
@@ -607,6 +641,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"replyWrite", NULL, js_reply_write, NULL, NULL, NULL, napi_default, NULL},
     {"replyStatfs", NULL, js_reply_statfs, NULL, NULL, NULL, napi_default, NULL},
     {"replyDir", NULL, js_reply_dir, NULL, NULL, NULL, napi_default, NULL},
+    {"replyLseek", NULL, js_reply_lseek, NULL, NULL, NULL, napi_default, NULL},
     {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL},
     {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
     {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
@@ -614,6 +649,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"fastAttach", NULL, js_fast_attach, NULL, NULL, NULL, napi_default, NULL},
     {"fastStop", NULL, js_fast_stop, NULL, NULL, NULL, napi_default, NULL},
     {"fastRelease", NULL, js_fast_release, NULL, NULL, NULL, napi_default, NULL},
+    {"fastTally", NULL, js_fast_tally, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

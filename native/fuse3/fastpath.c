@@ -160,7 +160,11 @@ int bs_fast_write(bs_session *s, fuse_req_t req, fuse_ino_t ino, const char *buf
     return 0;
   }
   mark_changed(f, (uint64_t)off, n);
+  uint64_t pages = (((uint64_t)off + n - 1) >> 12) - ((uint64_t)off >> 12) + 1;
+  __atomic_add_fetch(&f->w_pages, pages, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&f->w_begun, 1, __ATOMIC_RELEASE);
   int err = pwrite_fully(f->fd, buf, n, off);
+  __atomic_add_fetch(&f->w_ended, 1, __ATOMIC_RELEASE);
   gate_leave(s, f);
   if (err != 0) fuse_reply_err(req, err);
   else fuse_reply_write(req, n);
@@ -202,6 +206,16 @@ int32_t bs_fast_stop(bs_session *s) {
   bs_fast *f = fast_of(s);
   if (f == NULL) return 0;
   return __atomic_or_fetch(&f->ops, BS_OPS_OFF, __ATOMIC_SEQ_CST) & ~BS_OPS_OFF;
+}
+
+/* One reading of the write tally, `ended` before `begun` (fastpath.h). */
+void bs_fast_tally(bs_session *s, uint64_t *begun, uint64_t *ended, uint64_t *pages) {
+  bs_fast *f = fast_of(s);
+  *begun = *ended = *pages = 0;
+  if (f == NULL) return;
+  *ended = __atomic_load_n(&f->w_ended, __ATOMIC_ACQUIRE);
+  *begun = __atomic_load_n(&f->w_begun, __ATOMIC_ACQUIRE);
+  *pages = __atomic_load_n(&f->w_pages, __ATOMIC_ACQUIRE);
 }
 
 /* Close our origin descriptor: only once switched off and drained (EBUSY otherwise). */

@@ -73,6 +73,10 @@ typedef struct bs_fast {
   int32_t ops; /* BS_OPS_OFF + requests inside (atomics) */
   int32_t max_ops; /* the most requests inside at once (atomics) */
   uint64_t reads, writes, read_bytes, write_bytes, syncs; /* atomics, for /status */
+  /* The tally of our origin writes for the watch on writes from outside the mount
+   * (src/engine/origin-write-accounting.ts): begun (and pages) before the pwrite,
+   * release; ended after it, release; read ended, then begun, then pages, acquire. */
+  uint64_t w_begun, w_ended, w_pages;
 } bs_fast;
 
 /* Each returns 1 if it answered the request (it is then gone), 0 to send it on to JS. */
@@ -84,6 +88,7 @@ int bs_fast_flush(bs_session *s, fuse_req_t req, fuse_ino_t ino);
 /* JavaScript's side (addon.c). */
 int bs_fast_attach(bs_session *s, bs_fast *f);
 int32_t bs_fast_stop(bs_session *s);
+void bs_fast_tally(bs_session *s, uint64_t *begun, uint64_t *ended, uint64_t *pages);
 int bs_fast_release(bs_session *s);
 void bs_fast_free(bs_session *s, napi_env env);
 void bs_fast_free_unpublished(napi_env env, bs_fast *f);

@@ -327,6 +327,9 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
   simple(req, OP_STATFS, ino, NULL, 0, 0);
 }
 
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi);
+
 const struct fuse_lowlevel_ops bs_ops = {
   .init = op_init,
   .lookup = op_lookup,
@@ -352,4 +355,32 @@ const struct fuse_lowlevel_ops bs_ops = {
   .link = op_link,
   .create = op_create,
   .statfs = op_statfs,
+  .lseek = op_lseek,
+  .fallocate = op_fallocate,
 };
+
+/* lseek with SEEK_DATA or SEEK_HOLE (the kernel answers SEEK_SET, SEEK_CUR and SEEK_END
+ * itself): offset in `off`, whence in `arg`; answered with replyLseek or an errno, never
+ * ENOSYS (the kernel would stop asking for the whole connection). */
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi) {
+  bs_slot *slot;
+  bs_msg *m = begin(req, OP_LSEEK, ino, NULL, &slot);
+  if (m == NULL) return;
+  m->f[3] = (double)fi->fh;
+  m->f[4] = (double)off;
+  m->f[6] = whence;
+  bs_post(session_of(req), m, slot);
+}
+
+/* fallocate (punch hole, zero range): offset in `off`, length in `size`, mode in `arg`;
+ * answered with replyErr (0 on success), never ENOSYS, as for lseek. */
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi) {
+  bs_slot *slot;
+  bs_msg *m = begin(req, OP_FALLOCATE, ino, NULL, &slot);
+  if (m == NULL) return;
+  m->f[3] = (double)fi->fh;
+  m->f[4] = (double)offset;
+  m->f[5] = (double)length;
+  m->f[6] = mode;
+  bs_post(session_of(req), m, slot);
+}

@@ -12,9 +12,9 @@
  * calls fuse_session_exit: libfuse 3.14 makes every other reader drop (never answer)
  * the next request it receives once the session is marked exited. The session ends
  * when the kernel ends it (unmount, abort): each reader then gets ENODEV and leaves,
- * and the last one out tells JavaScript. A reader that meets any other receive error
- * ends the session for all by aborting our connection, so none is left serving alone
- * and no request is silently dropped.
+ * and the last one out stands the watchdog down and tells JavaScript. A reader that
+ * meets any other receive error ends the session for all by aborting our connection
+ * (own-mount.c), so none is left serving alone and no request is silently dropped.
  */
 #include "session.h"
 #include "fastpath.h"
@@ -36,6 +36,7 @@ bs_session *bs_session_create(const char *mountpoint, int argc, char **argv, int
   pthread_mutex_init(&s->reply_lock, NULL);
   pthread_cond_init(&s->reply_cond, NULL);
   s->watchdog_fd = -1;
+  bs_own_mount_init(&s->own);
   s->want_readers = readers < 1 ? 1 : readers > BS_MAX_READERS ? BS_MAX_READERS : readers;
   /* Receive buffers: enough for the writes the kernel may have in flight to be held
    * without a copy (64 background + some synchronous), plus two per reader that are
@@ -56,7 +57,12 @@ bs_session *bs_session_create(const char *mountpoint, int argc, char **argv, int
     s->se = NULL;
     goto fail;
   }
-  bs_find_devnum(mountpoint, s->devnum, sizeof(s->devnum));
+  if (bs_own_mount_open(&s->own, mountpoint, err, errlen) != 0) {
+    fuse_session_unmount(s->se); /* just mounted, never served: libfuse's own undo */
+    fuse_session_destroy(s->se);
+    s->se = NULL;
+    goto fail;
+  }
   return s;
 fail:
   free(s->mountpoint);
@@ -78,7 +84,8 @@ static void post_end(bs_session *s, int error);
 static int claim_reader(bs_session *s) {
   if (s->closing || s->nreaders >= s->want_readers) return -1;
   s->readers_alive++;
-  s->readers_idle++; /* counted idle from now, so no second one is started for the same need */
+  /* Counted idle from now, so no second one is started for the same need. */
+  __atomic_add_fetch(&s->readers_idle, 1, __ATOMIC_ACQ_REL);
   return s->nreaders++;
 }
 
@@ -89,63 +96,62 @@ static int start_claimed(bs_session *s, int i) {
    * others have left meanwhile, it was the last: say the session is over. */
   int last = --s->readers_alive == 0;
   if (last) s->ended = 1;
-  s->readers_idle--;
+  __atomic_sub_fetch(&s->readers_idle, 1, __ATOMIC_ACQ_REL);
   if (s->nreaders == i + 1) s->nreaders = i;
   pthread_mutex_unlock(&s->lock);
   if (last) post_end(s, EAGAIN);
   return -1;
 }
 
-/* Under lock, then not: a reader took a request; if none is left waiting, start one. */
-static void maybe_start_reader(bs_session *s) {
+/* A reader took the last idle place: start one more, if the limit allows. */
+static void start_another_reader(bs_session *s) {
   pthread_mutex_lock(&s->lock);
-  int i = s->readers_idle == 0 ? claim_reader(s) : -1;
+  int i = __atomic_load_n(&s->readers_idle, __ATOMIC_ACQUIRE) == 0 ? claim_reader(s) : -1;
   pthread_mutex_unlock(&s->lock);
   if (i >= 0) start_claimed(s, i);
 }
 
+/*
+ * The hot loop: receive, process, again. A reader keeps its receive buffer from one
+ * request to the next unless a write going to JavaScript kept it, and counts itself
+ * idle with an atomic, so a request served by the fast path takes no lock here.
+ */
 static void *reader_main(void *arg) {
   bs_session *s = arg;
   int error = 0;
+  bs_buf *b = NULL;
   for (;;) {
-    bs_buf *b = bs_recv_get(s);
+    if (b == NULL) b = bs_recv_get(s);
     if (b == NULL) break; /* closing */
     struct fuse_buf fbuf = {.mem = b->mem, .size = BS_RECV_SIZE};
     int res = fuse_session_receive_buf(s->se, &fbuf);
-    pthread_mutex_lock(&s->lock);
-    s->readers_idle--;
-    pthread_mutex_unlock(&s->lock);
-    if (res == -EINTR || res == -EAGAIN) {
-      bs_recv_put(s, b);
-      pthread_mutex_lock(&s->lock);
-      s->readers_idle++;
-      pthread_mutex_unlock(&s->lock);
-      continue;
-    }
+    if (res == -EINTR || res == -EAGAIN) continue;
     if (res <= 0) {
-      bs_recv_put(s, b);
       /* 0: the kernel ended the session (ENODEV). Anything else: end it for everyone. */
       if (res < 0) {
         error = -res;
-        if (bs_abort_connection(s) != 0) bs_session_unmount(s, 1);
+        bs_own_abort(&s->own); /* our own connection: every reader gets ENODEV */
       }
       break;
     }
-    maybe_start_reader(s);
+    if (__atomic_sub_fetch(&s->readers_idle, 1, __ATOMIC_ACQ_REL) == 0) start_another_reader(s);
     bs_current_recv = b;
     bs_recv_claimed = 0;
     fuse_session_process_buf(s->se, &fbuf);
-    if (!bs_recv_claimed) bs_recv_put(s, b);
-    pthread_mutex_lock(&s->lock);
-    s->readers_idle++;
-    pthread_mutex_unlock(&s->lock);
+    if (bs_recv_claimed) b = NULL; /* a write's until its reply */
+    __atomic_add_fetch(&s->readers_idle, 1, __ATOMIC_ACQ_REL);
   }
+  if (b != NULL) bs_recv_put(s, b);
   bs_fast_thread_exit();
   pthread_mutex_lock(&s->lock);
   int last = --s->readers_alive == 0;
   if (last) s->ended = 1;
   pthread_mutex_unlock(&s->lock);
-  /* The last reader out says the session is over: JavaScript starts its shutdown. */
+  /* The last reader out says the session is over: JavaScript starts its shutdown. The
+   * watchdog stands down first, before the slow part of shutdown: the session it
+   * watched is over (a dead mount of ours still on top, after an abort, is close()'s
+   * to release). */
+  if (last) bs_watchdog_stand_down(s);
   if (last) post_end(s, error);
   return NULL;
 }
@@ -171,10 +177,7 @@ static void *reply_main(void *arg) {
 }
 
 int bs_session_start(bs_session *s, char *err, size_t errlen) {
-  if (bs_watchdog_start(s) != 0) {
-    snprintf(err, errlen, "cannot start the unmount watchdog: %s", strerror(errno));
-    return -1;
-  }
+  if (bs_watchdog_start(s, err, errlen) != 0) return -1;
   if (pthread_create(&s->reply_thread, NULL, reply_main, s) != 0) {
     snprintf(err, errlen, "cannot start the reply thread");
     return -1;
@@ -212,25 +215,26 @@ void bs_queue_big_reply(bs_session *s, bs_slot *slot, size_t len) {
   pthread_mutex_unlock(&s->reply_lock);
 }
 
-/* umount(2) of our mount point: EBUSY while something uses it, unless `lazy`. */
+/* End our session: umount(2) of our mount if it is the top one at the mount point
+ * (EBUSY while something uses it, unless `lazy`), else abort our connection
+ * (BS_OWN_ABORTED). Never another mount. */
 int bs_session_unmount(bs_session *s, int lazy) {
-  if (umount2(s->mountpoint, lazy ? MNT_DETACH : 0) != 0) return errno;
-  return 0;
+  return bs_own_unmount(&s->own, lazy);
 }
 
 void bs_session_close(bs_session *s) {
   if (s->closed) return;
   s->closed = 1;
   pthread_mutex_lock(&s->lock);
-  int ended = s->ended;
   s->closing = 1;
   pthread_cond_broadcast(&s->recv_free);
   pthread_mutex_unlock(&s->lock);
   /* Readers blocked in read(2) leave only when the kernel ends the session; if it has
-   * not (a start-up that failed after mounting), end it: abort the connection. */
-  if (!ended && s->nreaders > 0) {
-    if (bs_abort_connection(s) != 0) bs_session_unmount(s, 1);
-  }
+   * not (a start-up that failed after mounting), end it: our mount detached if it is
+   * on top, our connection aborted (a dead mount of ours left on top by an abort is
+   * detached too). Never another mount; and libfuse's unmount below then finds the
+   * connection dead and leaves the path alone. */
+  bs_own_release(&s->own);
   /* No reader starts another once `closing` is set, so nreaders is final now. */
   pthread_mutex_lock(&s->lock);
   int nreaders = s->nreaders;
@@ -258,11 +262,12 @@ void bs_session_close(bs_session *s) {
     free(m->name);
     free(m);
   }
-  /* The session has ended, so this only closes the device: the mount point may
-   * already belong to a new mount, which must not be touched. */
+  /* The connection is dead (above), so this only closes the device: the mount point
+   * may already belong to a new mount, which must not be touched. */
   fuse_session_unmount(s->se);
   fuse_session_destroy(s->se);
   s->se = NULL;
-  bs_watchdog_disarm(s);
+  bs_watchdog_stand_down(s);
+  bs_own_mount_close(&s->own);
   bs_pools_free(s);
 }

@@ -14,7 +14,8 @@
  *   reply thread      sends large read replies that JavaScript produced (copying 1 MiB
  *                     into the kernel on the JS thread would keep it busy), then frees
  *                     their buffers.
- *   watchdog process  unmounts (lazily) if the daemon dies without a clean close.
+ *   watchdog process  cleans up our own mount if the daemon dies with its session
+ *                     live (own-mount.h: ours only); stood down when the session ends.
  *
  * Exactly once: every request that reaches JavaScript holds a slot; a reply must name a
  * live slot with its generation (bs_claim), and claiming makes it dead for everyone
@@ -33,6 +34,7 @@
 #define FUSE_USE_VERSION 34
 #include <fuse_lowlevel.h>
 #include <node_api.h>
+#include "own-mount.h"
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -42,6 +44,7 @@ enum bs_op {
   OP_LOOKUP = 1, OP_FORGET, OP_GETATTR, OP_SETATTR, OP_OPEN, OP_READ, OP_WRITE, OP_FLUSH,
   OP_RELEASE, OP_FSYNC, OP_OPENDIR, OP_READDIR, OP_RELEASEDIR, OP_MKDIR, OP_RMDIR,
   OP_STATFS, OP_UNLINK, OP_RENAME, OP_MKNOD, OP_SYMLINK, OP_LINK, OP_CREATE,
+  OP_LSEEK = 23, OP_FALLOCATE = 24,
   /* news: no reply is expected (id -1) */
   OP_INTERRUPT = 30, OP_END = 31, OP_FAST_DRAINED = 32
 };
@@ -119,7 +122,7 @@ struct bs_fast;
 typedef struct bs_session {
   struct fuse_session *se;
   char *mountpoint;
-  char devnum[32]; /* "0:NN" of the mount, from mountinfo */
+  bs_own_mount own; /* which mount and FUSE connection are ours (own-mount.h) */
   napi_threadsafe_function tsfn;
 
   pthread_mutex_t lock; /* slots, users, messages, buffer pools, counters, env_gone */
@@ -144,7 +147,7 @@ typedef struct bs_session {
   int want_readers;  /* the most readers (started on demand, two at first) */
   int nreaders;      /* started (under lock) */
   int readers_alive; /* not yet left (under lock) */
-  int readers_idle;  /* waiting in the kernel for a request (under lock) */
+  int readers_idle;  /* waiting in the kernel for a request (atomics) */
   int ended;   /* the kernel ended the session (unmount, abort) */
   int closing; /* close() started: readers stop taking buffers */
 
@@ -155,7 +158,7 @@ typedef struct bs_session {
   bs_reply_job *reply_head, *reply_tail;
   int reply_stop;
 
-  int watchdog_fd; /* write end of the watchdog's pipe */
+  int watchdog_fd; /* write end of the watchdog's pipe; -1 once stood down (atomic) */
   pid_t watchdog_pid;
 
   struct bs_fast *fast; /* NULL until JavaScript attaches the fast path (fastpath.c) */
@@ -200,9 +203,7 @@ extern __thread bs_buf *bs_current_recv;
 extern __thread int bs_recv_claimed;
 
 /* watchdog.c */
-int bs_find_devnum(const char *mountpoint, char *out, size_t outlen);
-int bs_watchdog_start(bs_session *s);
-void bs_watchdog_disarm(bs_session *s);
-int bs_abort_connection(bs_session *s);
+int bs_watchdog_start(bs_session *s, char *err, size_t errlen);
+void bs_watchdog_stand_down(bs_session *s);
 
 #endif

@@ -28,12 +28,14 @@ A full backup copies the whole snapshot image into TARGET (holes where it reads
 zeros). With --since-manifest, only the blocks whose cbtmap byte is greater than
 the previous backup's changes_number are copied, into a copy of the previous image
 (a reflink where the file system can); if the change-tracking generation differs,
-the backup falls back to a full one and says so.
+the backup falls back to a full one and says so. The image's holes (SEEK_DATA /
+SEEK_HOLE) are never read: they stay holes in TARGET.
 
 TARGET.manifest.json records generation_id, changes_number, block_size, the image
-size, a sha256 per copied range and per segment of the whole image. Everything is
+size and a sha256 per segment (1 MiB or more) of the whole image. Everything is
 written to TARGET.partial and renamed into place at the end: an interrupted backup
-leaves the previous TARGET and manifest as they were.
+leaves the previous TARGET and manifest as they were. TARGET.lock exists only while
+a backup or verify runs.
 
 Example (one round of an incremental loop):
   mkdir /mnt/snapshots/b2
@@ -61,9 +63,10 @@ export function registerBackupCommands(program: Command): void {
         process.stdout.write(`${JSON.stringify(r)}\n`);
         return;
       }
+      const holes = r.hole_bytes > 0 ? `, ${humanBytes(r.hole_bytes)} of holes not read` : '';
       const what = r.kind === 'full'
-        ? `${humanBytes(r.copied_bytes)} copied (${humanBytes(r.written_bytes)} written, the rest left sparse)`
-        : `${r.copied_blocks} changed block(s), ${humanBytes(r.copied_bytes)}, copied since changes_number ${r.since_changes_number ?? '?'}`;
+        ? `${humanBytes(r.copied_bytes)} copied (${humanBytes(r.written_bytes)} written, the rest left sparse${holes})`
+        : `${r.copied_blocks} changed block(s), ${humanBytes(r.copied_bytes)}, copied since changes_number ${r.since_changes_number ?? '?'}${holes}`;
       process.stdout.write([
         `${r.kind} backup of ${r.snapshot} to ${r.target}: ${what}; verified`,
         `generation ${r.generation_id}, changes_number ${r.changes_number}`,

@@ -4,7 +4,8 @@
  * Disk images are often mostly zeros, and a sparse 1 TiB image should not cost 1 TiB
  * of hashing. A `ZeroAwareHash` holds back leading zeros and only hashes them once
  * real data arrives; a range that stays all-zero gets the (memoised) digest of that
- * many zero bytes. The digest is the same plain sha256 either way, so
+ * many zero bytes. Holes (found with SEEK_DATA/SEEK_HOLE, never read) are fed as a
+ * count of zeros. The digest is the same plain sha256 either way, so
  * `head -c LEN | sha256sum` reproduces any checksum in a manifest.
  *
  * @example
@@ -17,6 +18,12 @@ import { createHash, type Hash } from 'node:crypto';
 export const HASH_ALGORITHM = 'sha256';
 /** The whole-image checksum table never has more entries than this (keeps manifests small). */
 export const MAX_SEGMENTS = 65536;
+/**
+ * Nor smaller segments than this: one sha256 per MiB is about 67 bytes per MiB of image
+ * in the manifest (under 70 KB per GiB), while a changed block costs the incremental
+ * verify a re-read of one MiB of the local backup image.
+ */
+export const MIN_SEGMENT = 1024 * 1024;
 
 const ZERO = Buffer.alloc(1024 * 1024);
 const zeroDigests = new Map<number, string>();
@@ -63,6 +70,13 @@ export class ZeroAwareHash {
     this.hash.update(data);
   }
 
+  /** `count` zero bytes, known to be zeros (a hole): nothing to look at, and nothing hashed while only zeros came. */
+  updateZeros(count: number): void {
+    this.total += count;
+    if (this.hash === null) this.pendingZeros += count;
+    else feedZeros(this.hash, count);
+  }
+
   get length(): number {
     return this.total;
   }
@@ -94,7 +108,16 @@ export class IntervalHasher {
   }
 
   update(position: number, data: Uint8Array): void {
-    const end = position + data.length;
+    this.feed(position, data.length, (hash, from, to) => hash.update(data.subarray(from - position, to - position)));
+  }
+
+  /** `length` zero bytes at `position` (a hole that was not read). */
+  zeros(position: number, length: number): void {
+    this.feed(position, length, (hash, from, to) => hash.updateZeros(to - from));
+  }
+
+  private feed(position: number, length: number, give: (hash: ZeroAwareHash, from: number, to: number) => void): void {
+    const end = position + length;
     while (this.first < this.intervals.length) {
       const iv = this.intervals[this.first];
       if (iv === undefined || iv.offset + iv.length > position) break;
@@ -107,7 +130,7 @@ export class IntervalHasher {
       const from = Math.max(iv.offset, position);
       const to = Math.min(iv.offset + iv.length, end);
       if (to <= from || hash === null || hash === undefined) continue;
-      hash.update(data.subarray(from - position, to - position));
+      give(hash, from, to);
       if (hash.length === iv.length) {
         this.done[i] = hash.digest();
         this.hashes[i] = null;
@@ -126,12 +149,13 @@ export class IntervalHasher {
 }
 
 /**
- * Size of one entry of the whole-image checksum table: the change-tracking block, or
- * the smallest power-of-two multiple of it that keeps the table at MAX_SEGMENTS.
+ * Size of one entry of the whole-image checksum table: the smallest power-of-two
+ * multiple of the change-tracking block that is at least MIN_SEGMENT and keeps the
+ * table at MAX_SEGMENTS.
  */
 export function segmentSizeFor(imageSize: number, blockSize: number): number {
   let size = blockSize;
-  while (Math.ceil(imageSize / size) > MAX_SEGMENTS) size *= 2;
+  while (size < MIN_SEGMENT || Math.ceil(imageSize / size) > MAX_SEGMENTS) size *= 2;
   return size;
 }
 

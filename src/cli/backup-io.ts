@@ -1,13 +1,13 @@
 /**
- * The I/O under a backup: byte ranges cut into pieces, pieces read ahead in order
- * (a few positional reads in flight, so a FUSE image and a local file both stay busy),
- * sparse writes, the lock that keeps two runs off one target, and a copy-on-write
+ * The I/O under a backup: byte ranges cut into pieces (read ahead, without their
+ * holes, by backup-extents.ts: a few positional reads in flight, so a FUSE image and a
+ * local file both stay busy), sparse writes, the lock that keeps two runs off one target, and a copy-on-write
  * clone of the previous image.
  */
 import { spawn } from 'node:child_process';
 import { promises as fsp, type promises } from 'node:fs';
 import { BlksnapError } from '../errors.js';
-import { readFully, writeFully } from '../storage/io.js';
+import { writeFully } from '../storage/io.js';
 import { tryLockExclusive } from '../storage/native.js';
 import type { Interval } from './backup-hash.js';
 import type { BackupPaths } from './backup-manifest.js';
@@ -20,11 +20,6 @@ export const PIECE_SIZE = 1024 * 1024;
 export const READ_AHEAD = 4;
 /** Unit of hole detection in a full backup (the file system block). */
 export const SPARSE_UNIT = 4096;
-
-export interface Piece {
-  position: number;
-  data: Buffer;
-}
 
 export function* piecesOf(intervals: Iterable<Interval>, pieceSize = PIECE_SIZE): Generator<Interval> {
   for (const iv of intervals) {
@@ -60,33 +55,6 @@ export function splitIntervals(intervals: Iterable<Interval>, max: number): Inte
   return out;
 }
 
-/**
- * Read `pieces` from `file` in order, with up to `depth` reads in flight. `check` runs
- * before each piece is handed out (it throws to stop, e.g. on Ctrl-C).
- */
-export async function* readAhead(file: Handle, pieces: Iterable<Interval>, check: () => void, depth = READ_AHEAD): AsyncGenerator<Piece> {
-  const source = pieces[Symbol.iterator]();
-  const queue: Array<Promise<Piece>> = [];
-  const fill = (): void => {
-    while (queue.length < depth) {
-      const next = source.next();
-      if (next.done === true) return;
-      const { offset, length } = next.value;
-      const data = Buffer.allocUnsafe(length);
-      const read = readFully(file, data, 0, length, offset).then(() => ({ position: offset, data }));
-      read.catch(() => undefined); // a read queued behind a failure must not become an unhandled rejection
-      queue.push(read);
-    }
-  };
-  fill();
-  for (let head = queue.shift(); head !== undefined; head = queue.shift()) {
-    const piece = await head;
-    check();
-    fill();
-    yield piece;
-  }
-}
-
 /** Write only the non-zero SPARSE_UNITs of a piece (the file was truncated to size: the rest stays a hole). */
 export async function writeSparse(file: Handle, data: Buffer, position: number): Promise<number> {
   const zero = Buffer.alloc(SPARSE_UNIT);
@@ -108,24 +76,48 @@ export async function writeSparse(file: Handle, data: Buffer, position: number):
   return written;
 }
 
+/** TARGET.lock, held: `release` removes it (while still holding it) and lets go. */
+export interface TargetLock {
+  release(): Promise<void>;
+}
+
 /**
- * Hold TARGET.lock (flock) for the life of the returned handle. With `optional`, a
- * directory we may not write (a read-only backup medium) means no lock, not an error.
+ * Hold TARGET.lock (flock) until `release`, which removes the file: no lock file
+ * outlives the run. Removing a lock file is safe only with a second look: a run that
+ * opened the file just before the holder removed it may then lock that removed file,
+ * so after locking we check that the path still names the inode we locked, and start
+ * again if it does not. With `optional`, a directory we may not write (a read-only
+ * backup medium) means no lock, not an error.
  */
-export async function lockTarget(paths: BackupPaths, optional = false): Promise<Handle | null> {
-  let fh: Handle;
-  try {
-    fh = await fsp.open(paths.lock, 'a', 0o644);
-  } catch (err) {
-    const code = (err as { code?: string }).code;
-    if (optional && (code === 'EROFS' || code === 'EACCES' || code === 'EPERM')) return null;
-    throw BlksnapError.of('EIO', `cannot create ${paths.lock}: ${err instanceof Error ? err.message : String(err)}`, err);
+export async function lockTarget(paths: BackupPaths, optional = false): Promise<TargetLock | null> {
+  for (;;) {
+    let fh: Handle;
+    try {
+      fh = await fsp.open(paths.lock, 'a', 0o644);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (optional && (code === 'EROFS' || code === 'EACCES' || code === 'EPERM')) return null;
+      throw BlksnapError.of('EIO', `cannot create ${paths.lock}: ${err instanceof Error ? err.message : String(err)}`, err);
+    }
+    if (!tryLockExclusive(fh.fd)) {
+      await fh.close();
+      throw BlksnapError.of('EBUSY', `another backup or verify of ${paths.target} is running (${paths.lock} is locked)`);
+    }
+    const [held, named] = await Promise.all([fh.stat(), fsp.stat(paths.lock).catch(() => null)]);
+    if (named !== null && named.ino === held.ino && named.dev === held.dev) {
+      const lockFile = fh;
+      return {
+        release: async () => {
+          try {
+            await fsp.unlink(paths.lock).catch(() => undefined);
+          } finally {
+            await lockFile.close();
+          }
+        },
+      };
+    }
+    await fh.close(); // the holder before us removed it: lock the file that is there now
   }
-  if (!tryLockExclusive(fh.fd)) {
-    await fh.close();
-    throw BlksnapError.of('EBUSY', `another backup or verify of ${paths.target} is running (${paths.lock} is locked)`);
-  }
-  return fh;
 }
 
 /**

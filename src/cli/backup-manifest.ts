@@ -1,7 +1,10 @@
 /**
  * The backup manifest: a JSON file next to the backup image that says what the image
  * is (which snapshot, which change-tracking generation and changes_number), a sha256
- * for every segment of the whole image, and what the run that wrote it copied.
+ * for every segment of the whole image (segments of at least 1 MiB, written one line
+ * for all: under 70 KB per GiB of image), and a summary of what the run that wrote it
+ * copied. Format 2; format 1 manifests (one sha256 per copied range, 64 KiB segments)
+ * are still read, so an incremental backup can build on one.
  *
  * Files of one backup TARGET, all in its directory:
  *
@@ -9,7 +12,7 @@
  *     TARGET.manifest.json     this manifest
  *     TARGET.partial           the next image while a backup runs
  *     TARGET.manifest.json.partial   the next manifest, written before the commit
- *     TARGET.lock              flock()ed by a running backup or verify; left in place
+ *     TARGET.lock              flock()ed by a running backup or verify; removed when it ends
  *
  * Commit, and why a kill -9 at any point leaves a usable pair:
  *
@@ -27,13 +30,21 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { BlksnapError } from '../errors.js';
 import { HASH_ALGORITHM } from './backup-hash.js';
 
-export const MANIFEST_FORMAT = 'blksnapfs-backup/1';
+export const MANIFEST_FORMAT = 'blksnapfs-backup/2';
+/** The format before it: read, never written. */
+const MANIFEST_FORMAT_1 = 'blksnapfs-backup/1';
 
-export interface CopiedRange {
-  offset: number;
-  length: number;
-  /** sha256 of these bytes as read from the snapshot image. */
-  sha256: string;
+/** What one run copied: a summary (each range was checked against its read-back during the run). */
+export interface CopiedSummary {
+  /** Bytes the run covered: the whole image (full), or the changed blocks (incremental). */
+  bytes: number;
+  blocks: number;
+  /** How many ranges (of at most 64 MiB) those bytes were copied and checked in. */
+  ranges: number;
+  /** Bytes read from the snapshot image: the data among them. */
+  read_bytes: number;
+  /** Bytes that were holes in the image (SEEK_HOLE): never read, holes in TARGET. */
+  hole_bytes: number;
 }
 
 export interface BackupManifest {
@@ -52,7 +63,7 @@ export interface BackupManifest {
   block_count: number;
   image_size: number;
   checksum: { algorithm: string; segment_size: number; segments: string[] };
-  copied: { bytes: number; blocks: number; ranges: CopiedRange[] };
+  copied: CopiedSummary;
   started: string;
   finished: string;
 }
@@ -100,7 +111,8 @@ export function parseManifest(path: string, text: string): BackupManifest {
     invalid(path, err instanceof Error ? err.message : String(err));
   }
   if (!isObject(doc)) invalid(path, 'not a JSON object');
-  if (doc['format'] !== MANIFEST_FORMAT) invalid(path, `"format" must be "${MANIFEST_FORMAT}"`);
+  const format = doc['format'];
+  if (format !== MANIFEST_FORMAT && format !== MANIFEST_FORMAT_1) invalid(path, `"format" must be "${MANIFEST_FORMAT}" (or "${MANIFEST_FORMAT_1}")`);
   const kind = doc['kind'];
   if (kind !== 'full' && kind !== 'incremental') invalid(path, '"kind" must be "full" or "incremental"');
   const target = field(path, doc, 'target', isString, 'a file name');
@@ -119,9 +131,23 @@ export function parseManifest(path: string, text: string): BackupManifest {
   const file = field(path, doc, 'target_file', isObject, 'an object');
   const snapshot = field(path, doc, 'snapshot', isObject, 'an object');
   const copied = field(path, doc, 'copied', isObject, 'an object');
-  const ranges = copied['ranges'];
-  const isRange = (r: unknown): r is CopiedRange => isObject(r) && isCount(r['offset']) && isCount(r['length']) && isHex(r['sha256']);
-  if (!Array.isArray(ranges) || !ranges.every(isRange)) invalid(path, 'copied.ranges must be a list of {offset, length, sha256}');
+  const copiedBytes = field(path, copied, 'bytes', isCount, 'a number');
+  let summary: CopiedSummary;
+  if (format === MANIFEST_FORMAT_1) {
+    // Format 1 listed each range with its sha256; it read every byte it covered.
+    const ranges = copied['ranges'];
+    const isRange = (r: unknown): boolean => isObject(r) && isCount(r['offset']) && isCount(r['length']) && isHex(r['sha256']);
+    if (!Array.isArray(ranges) || !ranges.every(isRange)) invalid(path, 'copied.ranges must be a list of {offset, length, sha256}');
+    summary = { bytes: copiedBytes, blocks: field(path, copied, 'blocks', isCount, 'a number'), ranges: ranges.length, read_bytes: copiedBytes, hole_bytes: 0 };
+  } else {
+    summary = {
+      bytes: copiedBytes,
+      blocks: field(path, copied, 'blocks', isCount, 'a number'),
+      ranges: field(path, copied, 'ranges', isCount, 'a number'),
+      read_bytes: field(path, copied, 'read_bytes', isCount, 'a number'),
+      hole_bytes: field(path, copied, 'hole_bytes', isCount, 'a number'),
+    };
+  }
   const origin = snapshot['origin'];
   return {
     format: MANIFEST_FORMAT,
@@ -146,11 +172,7 @@ export function parseManifest(path: string, text: string): BackupManifest {
     block_count: field(path, doc, 'block_count', isCount, 'a number'),
     image_size: imageSize,
     checksum: { algorithm: HASH_ALGORITHM, segment_size: segmentSize, segments },
-    copied: {
-      bytes: field(path, copied, 'bytes', isCount, 'a number'),
-      blocks: field(path, copied, 'blocks', isCount, 'a number'),
-      ranges,
-    },
+    copied: summary,
     started: field(path, doc, 'started', isString, 'a string'),
     finished: field(path, doc, 'finished', isString, 'a string'),
   };
@@ -166,6 +188,16 @@ export async function readManifest(path: string): Promise<BackupManifest> {
     throw BlksnapError.of('EIO', `cannot read manifest ${path}: ${err instanceof Error ? err.message : String(err)}`);
   }
   return parseManifest(path, text);
+}
+
+/**
+ * The manifest as text: indented JSON for people, except the checksum table, which is
+ * one line (an indented line per segment would double its size).
+ */
+export function manifestText(m: BackupManifest): string {
+  const marker = '"@segments@"';
+  const text = JSON.stringify({ ...m, checksum: { ...m.checksum, segments: '@segments@' } }, null, 2);
+  return `${text.replace(marker, JSON.stringify(m.checksum.segments))}\n`;
 }
 
 /** Write a file and make it durable before anybody renames it into place. */

@@ -11,6 +11,9 @@
  * others. A different generation (the map was reset, or the mount restarted) cannot
  * say what changed, so the run falls back to a full backup and says so.
  *
+ * Holes: the image is read with SEEK_DATA/SEEK_HOLE (backup-extents.ts) and a hole is
+ * never read: it stays a hole in a full backup, and is punched in an incremental one.
+ *
  * Verify: every copied range is read back from TARGET.partial after fdatasync and its
  * sha256 compared with the one taken while reading the snapshot; the same pass
  * recomputes the whole-image checksum table where it changed. The commit protocol (and
@@ -24,10 +27,11 @@ import { changedRanges } from './cbt-commands.js';
 import { readCbtmap, readInfo, readStatus, type InfoDoc } from './client.js';
 import { IntervalHasher, segmentSizeFor, segmentsOf, type Interval } from './backup-hash.js';
 import {
-  backupPaths, fileIdentity, imagePathOf, MANIFEST_FORMAT, readManifest, settlePending, syncDir, unlinkIfThere, writeDurable,
-  type BackupManifest, type BackupPaths, type CopiedRange,
+  backupPaths, fileIdentity, imagePathOf, manifestText, MANIFEST_FORMAT, readManifest, settlePending, syncDir, unlinkIfThere, writeDurable,
+  type BackupManifest, type BackupPaths,
 } from './backup-manifest.js';
-import { cloneFile, lockTarget, mergeIntervals, piecesOf, readAhead, splitIntervals, writeSparse } from './backup-io.js';
+import { readSparseAhead, zeroRange } from './backup-extents.js';
+import { cloneFile, lockTarget, mergeIntervals, splitIntervals, writeSparse } from './backup-io.js';
 import { findMismatches, settleManifest } from './backup-verify.js';
 import type { Progress } from './progress.js';
 
@@ -61,6 +65,10 @@ export interface BackupResult {
   copied_bytes: number;
   copied_blocks: number;
   copied_ranges: number;
+  /** Bytes read from the snapshot image (its data). */
+  read_bytes: number;
+  /** Bytes of the copied ranges that were holes in the image: never read. */
+  hole_bytes: number;
   written_bytes: number;
   verified_bytes: number;
   elapsed_ms: number;
@@ -161,7 +169,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
       if (plan.kind === 'full' && req.sinceManifest !== undefined) req.progress.note(plan.reason);
       return await backupInto(req, source, paths, plan, started, check);
     } finally {
-      await lock?.close();
+      await lock?.release();
     }
   } finally {
     await source.image.close();
@@ -188,25 +196,36 @@ async function backupInto(req: BackupRequest, source: Source, paths: BackupPaths
       out = await fsp.open(paths.targetPartial, 'r+');
     }
 
-    // Copy: read the snapshot through the mount, hash what was read, write it.
+    // Copy: read the snapshot's data through the mount (its holes are never read: they
+    // stay holes in a full backup and are punched in an incremental one), hash it all.
     const sourceHash = new IntervalHasher(ranges);
     let written = 0;
+    let readBytes = 0;
+    let holeBytes = 0;
     req.progress.phase('copy', copiedBytes);
-    for await (const piece of readAhead(image, piecesOf(ranges), check)) {
-      sourceHash.update(piece.position, piece.data);
-      if (plan.kind === 'full') {
-        written += await writeSparse(out, piece.data, piece.position);
+    for await (const piece of readSparseAhead(image, ranges, check)) {
+      if (piece.data === null) {
+        sourceHash.zeros(piece.position, piece.length);
+        if (plan.kind === 'incremental') await zeroRange(out, piece.position, piece.length);
+        holeBytes += piece.length;
       } else {
-        await writeFully(out, piece.data, 0, piece.data.length, piece.position);
-        written += piece.data.length;
+        sourceHash.update(piece.position, piece.data);
+        readBytes += piece.length;
+        if (plan.kind === 'full') {
+          written += await writeSparse(out, piece.data, piece.position);
+        } else {
+          await writeFully(out, piece.data, 0, piece.data.length, piece.position);
+          written += piece.data.length;
+        }
       }
-      req.progress.advance(piece.data.length);
+      req.progress.advance(piece.length);
     }
     req.progress.end();
     const sourceDigests = sourceHash.digests();
     await out.datasync();
 
-    // Verify and checksum: read back what changed, segment by segment.
+    // Verify and checksum: read back what changed, segment by segment (holes of the
+    // backup image are zeros, and are not read either).
     const segmentSize = segmentSizeFor(size, info.block_size);
     const segmentCount = Math.ceil(size / segmentSize);
     const reuse = plan.kind === 'incremental' && plan.prev.checksum.segment_size === segmentSize && plan.prev.checksum.segments.length === segmentCount;
@@ -227,10 +246,15 @@ async function backupInto(req: BackupRequest, source: Source, paths: BackupPaths
     const readBack = new IntervalHasher(ranges);
     const verifyBytes = reread.reduce((n, r) => n + r.length, 0);
     req.progress.phase('verify', verifyBytes);
-    for await (const piece of readAhead(out, piecesOf(reread), check)) {
-      segHash.update(piece.position, piece.data);
-      readBack.update(piece.position, piece.data);
-      req.progress.advance(piece.data.length);
+    for await (const piece of readSparseAhead(out, reread, check)) {
+      if (piece.data === null) {
+        segHash.zeros(piece.position, piece.length);
+        readBack.zeros(piece.position, piece.length);
+      } else {
+        segHash.update(piece.position, piece.data);
+        readBack.update(piece.position, piece.data);
+      }
+      req.progress.advance(piece.length);
     }
     req.progress.end();
     const readDigests = readBack.digests();
@@ -247,7 +271,6 @@ async function backupInto(req: BackupRequest, source: Source, paths: BackupPaths
     out = null;
 
     // Manifest, then the commit (backup-manifest.ts explains the order).
-    const copied: CopiedRange[] = ranges.map((r, i) => ({ offset: r.offset, length: r.length, sha256: sourceDigests[i] ?? '' }));
     const manifest: BackupManifest = {
       format: MANIFEST_FORMAT,
       kind: plan.kind,
@@ -261,12 +284,12 @@ async function backupInto(req: BackupRequest, source: Source, paths: BackupPaths
       block_count: info.block_count,
       image_size: size,
       checksum: { algorithm: 'sha256', segment_size: segmentSize, segments },
-      copied: { bytes: copiedBytes, blocks: copiedBlocks, ranges: copied },
+      copied: { bytes: copiedBytes, blocks: copiedBlocks, ranges: ranges.length, read_bytes: readBytes, hole_bytes: holeBytes },
       started: started.toISOString(),
       finished: new Date().toISOString(),
     };
     check();
-    await writeDurable(paths.manifestPartial, `${JSON.stringify(manifest, null, 2)}\n`);
+    await writeDurable(paths.manifestPartial, manifestText(manifest));
     await fsp.rename(paths.targetPartial, paths.target);
     committed = true;
     await syncDir(dirname(paths.target));
@@ -288,6 +311,8 @@ async function backupInto(req: BackupRequest, source: Source, paths: BackupPaths
       copied_bytes: copiedBytes,
       copied_blocks: copiedBlocks,
       copied_ranges: ranges.length,
+      read_bytes: readBytes,
+      hole_bytes: holeBytes,
       written_bytes: written,
       verified_bytes: verifyBytes,
       elapsed_ms: Date.now() - started.getTime(),

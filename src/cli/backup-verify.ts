@@ -9,7 +9,8 @@ import { resolve } from 'node:path';
 import { BlksnapError } from '../errors.js';
 import { IntervalHasher, type Interval } from './backup-hash.js';
 import { backupPaths, fileIdentity, imagePathOf, readManifest, settlePending, type BackupManifest } from './backup-manifest.js';
-import { lockTarget, piecesOf, readAhead } from './backup-io.js';
+import { readSparseAhead } from './backup-extents.js';
+import { lockTarget } from './backup-io.js';
 import type { Progress } from './progress.js';
 
 export interface VerifyResult {
@@ -35,9 +36,11 @@ export async function findMismatches(image: string, m: BackupManifest, progress:
   const fh = await fsp.open(image, 'r');
   try {
     progress.phase(phase, size);
-    for await (const piece of readAhead(fh, piecesOf([{ offset: 0, length: size }]), check)) {
-      hasher.update(piece.position, piece.data);
-      progress.advance(piece.data.length);
+    // Holes of the backup image are zeros: fed as such, not read.
+    for await (const piece of readSparseAhead(fh, [{ offset: 0, length: size }], check)) {
+      if (piece.data === null) hasher.zeros(piece.position, piece.length);
+      else hasher.update(piece.position, piece.data);
+      progress.advance(piece.length);
     }
     progress.end();
   } finally {
@@ -64,7 +67,7 @@ export async function settleManifest(manifestPath: string, progress: Progress): 
     if (settled === 'committed') progress.note(`finished committing ${paths.manifest} (the last backup was stopped just before)`);
     if (settled === 'discarded') progress.note(`removed ${paths.manifestPartial} left by an interrupted backup`);
   } finally {
-    await lock.close();
+    await lock.release();
   }
 }
 

@@ -21,8 +21,9 @@
  * may not have been one point in time.
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readFile, realpath } from 'node:fs/promises';
-import { asBlksnapError, BlksnapError } from '../errors.js';
+import { asBlksnapError, BlksnapError, errnoNameOf } from '../errors.js';
 import { SNAPSHOT_NAME } from '../engine/snapshot.js';
 import { destroySnapshot, readInfo, readStatus, sendControl, takeSnapshot, type InfoDoc } from './client.js';
 
@@ -81,7 +82,7 @@ function fsfreeze(flag: '-f' | '-u', dir: string): Promise<void> {
 }
 
 /** Run `step` on every item at once; return the items it succeeded on and the first failure. */
-async function eachAtOnce(items: string[], step: (item: string) => Promise<void>): Promise<{ done: string[]; failure: unknown }> {
+async function eachAtOnce<T>(items: T[], step: (item: T) => Promise<void>): Promise<{ done: T[]; failure: unknown }> {
   const results = await Promise.allSettled(items.map(step));
   const done = items.filter((_, i) => results[i]?.status === 'fulfilled');
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -128,10 +129,15 @@ async function checkRequest(req: SetRequest): Promise<{ mounts: string[]; fsDirs
   return { mounts, fsDirs };
 }
 
-/** Thaw what was frozen, newest first; the first failure, or null. */
-async function thawAll(frozenMounts: string[], frozenFs: string[], freezeMs: number): Promise<unknown> {
-  const thawed = await eachAtOnce(frozenMounts, (m) => sendControl(m, 'thaw').catch((err: unknown) => {
-    if ((err as { code?: string }).code === 'EINVAL') {
+/** A token no other caller can have: this command's freeze of one mount. */
+function freezeToken(): string {
+  return `take-${process.pid}-${randomBytes(12).toString('hex')}`;
+}
+
+/** Thaw what was frozen (each mount by its token), newest first; the first failure, or null. */
+async function thawAll(frozenMounts: Map<string, string>, frozenFs: string[], freezeMs: number): Promise<unknown> {
+  const thawed = await eachAtOnce([...frozenMounts], ([m, token]) => sendControl(m, `thaw ${token}`).catch((err: unknown) => {
+    if (errnoNameOf(err) === 'ESTALE') {
       throw BlksnapError.of('ETIMEDOUT', `the freeze of ${m} ran out (${freezeMs} ms) before the set was taken; try a longer --freeze-timeout`);
     }
     throw asBlksnapError(err, `cannot thaw ${m}`);
@@ -156,7 +162,8 @@ export async function takeCoherentSet(req: SetRequest): Promise<SetMember[]> {
   latch.install();
   try {
     const frozenFs: string[] = [];
-    let frozenMounts: string[] = [];
+    /** Each frozen mount and the token of its freeze. */
+    const frozenMounts = new Map<string, string>();
     let taken: string[] = [];
     let failure: unknown = null;
     try {
@@ -168,10 +175,13 @@ export async function takeCoherentSet(req: SetRequest): Promise<SetMember[]> {
       }
       latch.check();
       if (freezeMounts) {
-        const r = await eachAtOnce(mounts, (m) => sendControl(m, `freeze ${req.freezeMs}`).catch((err: unknown) => {
-          throw asBlksnapError(err, `cannot freeze ${m}`);
-        }));
-        frozenMounts = r.done;
+        const r = await eachAtOnce(mounts, async (m) => {
+          const token = freezeToken();
+          await sendControl(m, `freeze ${req.freezeMs} ${token}`).catch((err: unknown) => {
+            throw asBlksnapError(err, `cannot freeze ${m}`);
+          });
+          frozenMounts.set(m, token);
+        });
         if (r.failure !== null) throw r.failure;
       }
       latch.check();

@@ -103,9 +103,10 @@ export function buildProgram(): Command {
     .option('--freeze-timeout <ms>', 'with several mounts: each mount thaws by itself after this long (at most 60000)', String(DEFAULT_FREEZE_MS))
     .option('--json', 'print the new snapshot as JSON (an array of them with several mounts)')
     .addHelpText('after', `
-With several mounts: fsfreeze -f each DIR, freeze every mount, mkdir NAME in each, thaw
-every mount, fsfreeze -u each DIR. Every thaw happens on every error and on SIGINT/SIGTERM;
-if any take fails, the snapshots already taken are destroyed and the command fails.`)
+With several mounts: fsfreeze -f each DIR, freeze every mount (each under a token of its
+own), mkdir NAME in each, thaw every mount by its token, fsfreeze -u each DIR. Every thaw
+happens on every error and on SIGINT/SIGTERM; if any take fails, or a mount's freeze ran
+out before its thaw, the snapshots already taken are destroyed and the command fails.`)
     .action(async (args: string[], o: { json?: boolean; fsfreeze: string[]; freezeTimeout: string }) => {
       const name = args[args.length - 1];
       const mounts = args.slice(0, -1);

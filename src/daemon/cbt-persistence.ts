@@ -9,7 +9,9 @@
  *     markInUse (before the mount goes live): rewritten "in-use", without the map
  *     ... the mount serves; a crash here leaves "in-use": the next mount says "unclean"
  *     save (shutdown, after the last write and the origin's datasync): "clean", with
- *          the map and the origin's fingerprint as it is now
+ *          the map and the origin's fingerprint as it is now; "unproven" (no map) when
+ *          the last look for writes made outside the mount (outside-write-watch.ts)
+ *          found one: the next mount starts a new generation (origin-changed)
  *
  * A failed save (disk full, I/O error) is logged and leaves the file "in-use", so the
  * next mount starts a new generation rather than trusting a stale map. A mount that
@@ -23,7 +25,7 @@ import { decideContinuity } from '../engine/cbt-continuity.js';
 import type { Geometry } from '../engine/geometry.js';
 import type { OriginDevice } from '../storage/origin-device.js';
 import { fingerprintOrigin, newestFileTimeMs, type OriginFingerprint } from '../storage/origin-fingerprint.js';
-import { loadCbtState, saveCbtState, writeFileAtomically, type CbtStateHeader } from '../storage/cbt-state-file.js';
+import { loadCbtState, saveCbtState, writeFileAtomically, type CbtStateFlag, type CbtStateHeader } from '../storage/cbt-state-file.js';
 import { checkStoragePath } from '../storage/storage-path-policy.js';
 
 /** Where a block device's state lives by default (its path names the file). */
@@ -114,10 +116,11 @@ export class CbtPersistence {
     return new CbtPersistence(path, tracker, decision.reason, origin, log, previous);
   }
 
-  private header(state: 'clean' | 'in-use', origin: OriginFingerprint): CbtStateHeader {
+  private header(state: CbtStateFlag, origin: OriginFingerprint, unproven?: string): CbtStateHeader {
     const t = this.tracker;
     return {
       state,
+      ...(unproven !== undefined ? { unproven } : {}),
       block_size: t.blockSize,
       block_count: t.blockCount,
       generation_id: t.generationId,
@@ -145,13 +148,19 @@ export class CbtPersistence {
   }
 
   /**
-   * Save the map as "clean". Call only once no origin write can happen any more and the
-   * origin has been datasynced: the fingerprint taken here is what the next mount
-   * compares against.
+   * Save the map as "clean", or as "unproven" when `outside` says the origin was written
+   * outside the mount (the last look, made after the last write of ours). Call only once
+   * no origin write can happen any more and the origin has been datasynced: the
+   * fingerprint taken here is what the next mount compares against.
    */
-  async save(): Promise<void> {
+  async save(outside: { detail: string } | null): Promise<void> {
     const started = process.hrtime.bigint();
     const fingerprint = await fingerprintOrigin(this.origin);
+    if (outside !== null) {
+      await saveCbtState(this.path, { header: this.header('unproven', fingerprint, outside.detail), map: new Uint8Array(0) });
+      this.log.warn({ cbt_state: this.path, generation_id: this.tracker.generationId, why: outside.detail }, 'change tracking saved as unproven: the next mount starts a new generation');
+      return;
+    }
     const newest = newestFileTimeMs(fingerprint);
     if (newest !== null) {
       const wait = newest + TIMESTAMP_TICK_MS - Date.now();

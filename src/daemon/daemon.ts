@@ -30,7 +30,9 @@ import type { MountOptions } from './options.js';
 import { openOriginWhenFree } from './origin-wait.js';
 import { onLogFailure } from './logger.js';
 import { CbtPersistence } from './cbt-persistence.js';
-import { serveOriginNatively } from './fast-path.js';
+import { OutsideWriteWatch } from './outside-write-watch.js';
+import { NativeWriteTally, serveOriginNatively } from './fast-path.js';
+import { sumOfAccountings } from '../engine/origin-write-accounting.js';
 
 const MIN_DEFAULT_DIFF = 64 * 2 ** 20;
 const MAX_DEFAULT_THRESHOLD = 512 * 2 ** 20;
@@ -67,6 +69,7 @@ export class Daemon {
     private readonly tree: MountTree,
     private readonly log: PinoLogger,
     private readonly cbt: CbtPersistence,
+    private readonly outside: OutsideWriteWatch,
   ) {}
 
   static async start(originPath: string, mountpointArg: string, opts: MountOptions, log: PinoLogger): Promise<Daemon> {
@@ -77,6 +80,7 @@ export class Daemon {
     const origin = await openOriginWhenFree(resolve(originPath), { readOnly: opts.readOnly });
     let storageFile: DiffStorageFile | null = null;
     let cbt: CbtPersistence | null = null;
+    let outside: OutsideWriteWatch | null = null;
     try {
       const geometry = deriveGeometry(origin.size, opts.chunkSize, opts.blockSize);
       const guard = { origin: origin.identity, mountpoint };
@@ -111,6 +115,19 @@ export class Daemon {
       const tracker = cbt.tracker;
       const engine = new SnapshotEngine({ origin, storage, geometry, events, tracker, logger: log });
       if (cbt.resetReason !== null) events.emit('cbt-reset', { generation_id: tracker.generationId, reason: cbt.resetReason });
+      // Writes to the origin that do not come through the mount end continuity (outside-write-watch.ts).
+      // Every writer of the origin in this process is tallied: the engine's and the fast path's.
+      const nativeWrites = new NativeWriteTally();
+      const watch = await OutsideWriteWatch.start({
+        origin,
+        accounting: sumOfAccountings([engine.originWrites, nativeWrites]),
+        log,
+        onDetected: (d) => engine.originWrittenOutside(d.detail),
+      });
+      outside = watch;
+      engine.beforeTake = async () => {
+        await watch.checkNow();
+      };
       let session: FuseSession | null = null;
       // Who owns the mount, for the root-only commands (caller-policy.ts).
       const owner = { daemonUid: process.getuid?.() ?? -1, uidOption: opts.uid };
@@ -120,6 +137,7 @@ export class Daemon {
         facts: {
           mountpoint, pid: process.pid, mountedAt: new Date(), readOnly: opts.readOnly,
           transport: () => session?.stats() ?? null,
+          outsideWrites: () => watch.status(),
         },
         uid: opts.uid ?? process.getuid?.() ?? 0,
         gid: opts.gid ?? process.getgid?.() ?? 0,
@@ -130,8 +148,8 @@ export class Daemon {
             throw err;
           }),
           cbtDirty: (offset, length) => engine.markDirty(offset, length),
-          freeze: (ms) => engine.freezer.freeze(ms),
-          thaw: () => engine.freezer.thaw(),
+          freeze: (ms, token) => engine.freezer.freeze(ms, token),
+          thaw: (token) => engine.freezer.thaw(token),
         },
       });
       await cbt.markInUse(); // before the mount goes live, so before the first origin write
@@ -140,10 +158,11 @@ export class Daemon {
         fsname: origin.identity.path,
         allowOther: opts.allowOther,
       }, log);
-      if (opts.fastPath) serveOriginNatively(engine, session, log);
+      if (opts.fastPath) serveOriginNatively(engine, session, log, nativeWrites);
       log.info({ origin: origin.identity, mountpoint, geometry, diff_storage: storage.stats(), transport: opts.transport }, 'mounted');
-      return new Daemon(engine, session, tree, log, cbt);
+      return new Daemon(engine, session, tree, log, cbt, watch);
     } catch (err) {
+      outside?.close();
       await cbt?.undoMark().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'cannot restore the change-tracking state'));
       if (storageFile !== null) await storageFile.close().catch(() => undefined);
       await origin.close().catch(() => undefined);
@@ -162,7 +181,12 @@ export class Daemon {
     await this.session.close();
   }
 
-  /** umount(2): the session then ends and run() closes. EBUSY (in use) leaves everything running. */
+  /**
+   * SIGTERM: unmount our own mount; the session then ends and run() closes. EBUSY (in
+   * use) leaves everything running. If our mount is no longer at the mount point
+   * (umount -l, or another mount over it), the transport ends our session without
+   * unmounting anything (src/fuse/transport.ts).
+   */
   async requestUnmount(): Promise<void> {
     await this.session.unmount();
   }
@@ -170,12 +194,16 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info({ open_files: this.tree.handles.size }, 'unmounted; closing');
-      await this.engine.close(async () => {
-        // A failed save leaves the state "in-use": the next mount starts a new generation.
-        await this.cbt.save().catch((err: unknown) => {
-          this.log.error({ cbt_state: this.cbt.path, err: err instanceof Error ? err.message : String(err) }, 'cannot save change tracking; the next mount starts a new generation');
+      try {
+        await this.engine.close(async () => {
+          // A failed save leaves the state "in-use": the next mount starts a new generation.
+          await this.cbt.save(await this.outside.finalCheck()).catch((err: unknown) => {
+            this.log.error({ cbt_state: this.cbt.path, err: err instanceof Error ? err.message : String(err) }, 'cannot save change tracking; the next mount starts a new generation');
+          });
         });
-      });
+      } finally {
+        this.outside.close();
+      }
       this.log.info({}, 'closed');
     })();
     return this.stopping;

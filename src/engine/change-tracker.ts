@@ -127,18 +127,23 @@ export class ChangeTracker {
   /** End the period: return the map as of now, and start the next period. */
   freeze(): FrozenMap {
     const frozen: FrozenMap = { map: this.map.slice(), generationId: this.generation, changesNumber: this.active };
-    if (this.active >= MAX_CHANGE_NUMBER) {
-      this.map.fill(0);
-      this.active = 1;
-      this.generation = uuidv4();
-      this.started = new Date();
-      this.reason = 'wrap';
-      this.resumedFrom = null;
-      notifyLater('the change-map reset observer', this.onReset, { generationId: this.generation, reason: 'wrap' });
-    } else {
-      this.active++;
-    }
+    if (this.active >= MAX_CHANGE_NUMBER) this.reset('wrap');
+    else this.active++;
     return frozen;
+  }
+
+  /**
+   * Start a new generation now, for `reason`: the map cleared, numbering from 1, a new id
+   * (the 255 wrap, or a write made outside the mount that the map cannot hold).
+   */
+  reset(reason: ResetReason): void {
+    this.map.fill(0);
+    this.active = 1;
+    this.generation = uuidv4();
+    this.started = new Date();
+    this.reason = reason;
+    this.resumedFrom = null;
+    notifyLater('the change-map reset observer', this.onReset, { generationId: this.generation, reason });
   }
 
   /** The block range [first, last] covering a byte range (for callers that validate). */

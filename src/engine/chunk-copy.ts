@@ -8,9 +8,11 @@
  * before; the lo_c of one run may differ (some chunks were saved for older snapshots).
  *
  *     idle ──a write finds savedThrough < newest for adjacent chunks──> copying
+ *                  │ chunks wholly a hole on the origin: saved as HOLE_SLOT (no slot,
+ *                  │ nothing written; origin-holes.ts); then, unless all are holes,
  *                  │ one origin read of the whole run; slots in a row in the storage
- *                  │ (prepareRun, as few pieces as the allocator can give: usually one);
- *                  │ one O_DIRECT write per piece
+ *                  │ (prepareRun, as few pieces as the allocator can give: usually one)
+ *                  │ for the stretches between holes; one O_DIRECT write per piece
  *                  v
  *               settled: in one synchronous step, per chunk:
  *                  piece written  -> recorded (hi, slot): saved for (lo_c, hi]
@@ -62,6 +64,7 @@ import type { OriginDevice } from '../storage/origin-device.js';
 import type { ExceptionStore } from './exception-store.js';
 import type { AlignedBufferPool } from '../storage/aligned.js';
 import { CopyTable, HOLE_SLOT, LOST_SLOT } from './copy-table.js';
+import { holeChunks } from './origin-holes.js';
 import { OriginReaders } from './origin-readers.js';
 
 /** What the copy-on-write needs from the engine around it. */
@@ -91,8 +94,8 @@ export type ChunkSource =
   | { from: 'saved'; slot: number }
   /** The origin still holds it; the caller is registered as its reader (call `doneReading`). */
   | { from: 'origin' }
-  /** It was a hole when it was copied: zeros (issue 16). */
-  | { from: 'zeros' }
+  /** Saved as a hole (it was wholly one on the origin when copied): it reads as zeros. */
+  | { from: 'hole' }
   /** Its copy failed (the snapshot is corrupted). */
   | { from: 'lost' };
 
@@ -233,18 +236,28 @@ export class ChunkCopies {
     /** Per chunk of the run: its slot once written (or HOLE_SLOT), or -1 (then it is lost). */
     const slots = new Float64Array(count).fill(-1);
     let failure: unknown = null;
-    const buf = pool.tryAcquire() ?? (await pool.acquire());
+    // Chunks wholly a hole on the origin are saved as holes (asked only of an origin that
+    // may have holes: a dense one costs no system call here).
+    const asking = holeChunks(origin, first, count, chunkSize);
+    const holes = asking === null ? null : await asking;
+    let holeCount = 0;
+    for (let i = 0; holes !== null && i < count; i++) {
+      if (holes[i] !== 1) continue;
+      slots[i] = HOLE_SLOT;
+      holeCount++;
+    }
+    const buf = holeCount === count ? null : (pool.tryAcquire() ?? (await pool.acquire()));
     try {
       const start = first * chunkSize;
       const bytes = count * chunkSize;
       const length = Math.min(bytes, originSize - start);
-      await origin.read(buf, 0, length, start);
-      if (length < bytes) buf.fill(0, length, bytes);
+      if (buf !== null) {
+        await origin.read(buf, 0, length, start);
+        if (length < bytes) buf.fill(0, length, bytes);
+      }
       // Slots in a row where the allocator can give them; the rest of the run asks again.
-      // Only chunks still without a slot value get one (issue 16 will settle chunks that
-      // were all hole with HOLE_SLOT here, before this loop: the run then writes the
-      // stretches between them).
-      for (let done = 0; done < count;) {
+      // Only chunks still without a slot value get one: the stretches between holes.
+      for (let done = 0; buf !== null && done < count;) {
         if ((slots[done] ?? -1) !== -1) {
           done++;
           continue;
@@ -267,7 +280,7 @@ export class ChunkCopies {
       // The read, an allocation or a write failed: the chunks not written yet are lost.
       failure = err;
     } finally {
-      pool.release(buf);
+      if (buf !== null) pool.release(buf);
     }
     // Settle every chunk of the run in one synchronous step (see the header).
     let lostFrom = -1;
@@ -309,7 +322,7 @@ export class ChunkCopies {
       return { from: 'origin' };
     }
     if (slot === LOST_SLOT) return { from: 'lost' };
-    if (slot === HOLE_SLOT) return { from: 'zeros' };
+    if (slot === HOLE_SLOT) return { from: 'hole' };
     return { from: 'saved', slot };
   }
 
@@ -317,10 +330,10 @@ export class ChunkCopies {
     this.readers.leave(chunk);
   }
 
-  /** The slot holding `chunk` as snapshot `seq` saw it, or -1 (for read-ahead: no registration). */
+  /** The slot holding `chunk` as snapshot `seq` saw it, HOLE_SLOT, or -1 (for read-ahead: no registration). */
   savedSlot(chunk: number, seq: number): number {
     const slot = this.table.lookup(chunk, seq);
-    return slot === LOST_SLOT || slot === HOLE_SLOT ? -1 : slot;
+    return slot === LOST_SLOT ? -1 : slot;
   }
 
   /** Free every saved copy no live snapshot needs any more. */
@@ -328,8 +341,14 @@ export class ChunkCopies {
     this.table.sweep(this.parts.needed, (slot) => this.parts.store.drop(slot));
   }
 
+  /** Saved copies, holes included. */
   get savedCopies(): number {
     return this.table.savedCopies;
+  }
+
+  /** Saved copies that are holes (they use no difference storage). */
+  get savedHoles(): number {
+    return this.table.savedHoles;
   }
 
   /** Chunks being copied (none once every write has left the barrier). */

@@ -35,12 +35,16 @@
  * released snapshots, which are never asked about again.
  *
  * Slot values: real slots are below LOST_SLOT. HOLE_SLOT marks a chunk that was wholly a
- * hole when it was copied (it reads as zeros and holds no storage; issue 16).
+ * hole on the origin when it would have been copied (origin-holes.ts): it reads as zeros
+ * and uses no difference storage; never handed to the store (nor to `release`).
  */
 
 /** A record that holds no copy: the copy failed, or every snapshot it serves owns the chunk privately. */
 export const LOST_SLOT = 0xfffffffe;
-/** A record of a chunk that was all hole at copy time: zeros, no storage (issue 16). */
+/**
+ * The slot of a copy that uses no storage: the chunk was wholly a hole on the origin
+ * when it would have been copied, so it reads as zeros.
+ */
 export const HOLE_SLOT = 0xffffffff;
 /** Slot values at or above this hold no storage. */
 export const FIRST_VIRTUAL_SLOT = LOST_SLOT;
@@ -69,6 +73,7 @@ export class CopyTable {
   private recordCount = 0;
   private freeRecord = NONE;
   private storedCopies = 0;
+  private holeCopies = 0;
 
   /** The newest snapshot `chunk` is saved through (0: never saved). */
   savedThrough(chunk: number): number {
@@ -93,6 +98,7 @@ export class CopyTable {
     if (i >= 0) this.heads[i] = rec + 1;
     else this.insert(chunk, rec + 1);
     if (slot < FIRST_VIRTUAL_SLOT) this.storedCopies++;
+    else if (slot === HOLE_SLOT) this.holeCopies++;
   }
 
   /**
@@ -138,6 +144,8 @@ export class CopyTable {
           if (slot < FIRST_VIRTUAL_SLOT) {
             this.storedCopies--;
             release(slot);
+          } else if (slot === HOLE_SLOT) {
+            this.holeCopies--;
           }
           this.freeRecordAt(rec);
         }
@@ -152,9 +160,14 @@ export class CopyTable {
     if (this.bucketsLog2 > MIN_BUCKETS_LOG2 && this.chunks * 8 < this.keys.length) this.rehash(this.fittingLog2(this.chunks));
   }
 
-  /** Saved copies that hold storage. */
+  /** Saved copies, holes included (not the records of copies that failed or were not needed). */
   get savedCopies(): number {
-    return this.storedCopies;
+    return this.storedCopies + this.holeCopies;
+  }
+
+  /** Saved copies that are holes (HOLE_SLOT: no storage). */
+  get savedHoles(): number {
+    return this.holeCopies;
   }
 
   /** Chunks with any record (for tests and the memory probe). */

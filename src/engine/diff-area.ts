@@ -14,7 +14,9 @@
  *   those chunks from the origin -> mark the change map -> write the origin ->
  *   gate.leave.
  * The origin write happens whatever became of the copy: the origin never pays for a
- * snapshot's trouble.
+ * snapshot's trouble. A punch or a zeroing of the origin (fallocate) is the same path
+ * with fallocate in place of the write; a chunk that is wholly a hole when it would be
+ * copied is saved as a hole (origin-holes.ts): no read, no slot.
  *
  * What guards what:
  * - `gate` (write-barrier.ts) admits origin writes. Held closed by a take (`quiesce`)
@@ -31,7 +33,8 @@
  *   gate, and a write publishes its chunks as needing no copy once prepareWrite has
  *   settled, from inside the gate.
  */
-import type { OriginDevice } from '../storage/origin-device.js';
+import type { OriginDevice, ZeroKind } from '../storage/origin-device.js';
+import type { SeekWhat } from '../storage/native.js';
 import { AlignedBufferPool } from '../storage/aligned.js';
 import type { ChangeTracker } from './change-tracker.js';
 import { ChunkCopies } from './chunk-copy.js';
@@ -39,6 +42,7 @@ import type { EventQueue } from './event-queue.js';
 import type { ExceptionStore } from './exception-store.js';
 import { FastPathState } from './fast-path-state.js';
 import type { Geometry } from './geometry.js';
+import { ImageHoles } from './image-holes.js';
 import { ImageReads } from './image-reads.js';
 import { ImageWrites } from './image-writes.js';
 import type { Logger } from './logger.js';
@@ -86,6 +90,7 @@ export class DiffArea {
   private readonly chunks: ChunkCopies;
   private readonly imageReads: ImageReads;
   private readonly imageWrites: ImageWrites;
+  private readonly imageHoles: ImageHoles;
   /** The native fast path's shared state, once a transport serves from it. */
   private fast: FastPathState | null = null;
 
@@ -108,6 +113,7 @@ export class DiffArea {
       failed: (lo, hi, err, what) => snapshots.corruptRange(lo, hi, err, what),
     });
     this.imageReads = new ImageReads({ origin, store, geometry, sources: this.chunks });
+    this.imageHoles = new ImageHoles({ origin, geometry, sources: this.chunks });
     this.imageWrites = new ImageWrites({
       origin,
       store,
@@ -144,6 +150,40 @@ export class DiffArea {
     } finally {
       this.gate.leave();
     }
+  }
+
+  /**
+   * Make a range of the origin read as zeros (fallocate: `punch` or `zero`), behind the
+   * gate: for every snapshot and map it is a write of zeros, so it goes exactly the way
+   * `writeOrigin` does (copy-on-write of the chunks it touches, change tracking marked),
+   * and only then is the origin itself punched or zeroed. The caller checked the range
+   * and the mode; `length` > 0.
+   */
+  async fallocateOrigin(kind: ZeroKind, position: number, length: number): Promise<void> {
+    if (this.gate.enter() !== null) await this.gate.enterWhenOpen();
+    try {
+      // A punch that waited at the gate while the engine began to close.
+      this.parts.checkOpen('punch or zero the origin');
+      const cs = this.parts.geometry.chunkSize;
+      const first = Math.floor(position / cs);
+      const last = Math.floor((position + length - 1) / cs);
+      // Every copy of this punch settles before it leaves the gate (see chunk-copy.ts).
+      const newest = this.parts.snapshots.newestLiveSeq;
+      const prepared = this.chunks.prepareWrite(first, last, newest);
+      if (prepared !== null) await prepared;
+      // Every copy settled and no image reader reads these chunks from the origin: C may
+      // write them until the next take (fast-path-state.ts).
+      if (newest > 0) this.fast?.noCopyNeeded(first, last);
+      this.parts.tracker.mark(position, length);
+      await this.parts.origin.fallocate(kind, position, length);
+    } finally {
+      this.gate.leave();
+    }
+  }
+
+  /** SEEK_DATA / SEEK_HOLE in the image of `snap` (image-holes.ts). The caller checked the offset and the snapshot. */
+  seekImage(snap: Snapshot, offset: number, what: SeekWhat): Promise<number | null> {
+    return this.imageHoles.seek(snap, offset, what);
   }
 
   /** Read the image of `snap` (image-reads.ts). The caller checked the range and the snapshot. */
@@ -201,8 +241,13 @@ export class DiffArea {
     return { chunks_freed: before - this.chunks.savedCopies, private_chunks_freed: privateFreed };
   }
 
-  /** Saved copies of origin chunks the store holds. */
+  /** Saved copies of origin chunks the store holds (copies saved as holes are not in it). */
   get savedChunks(): number {
-    return this.chunks.savedCopies;
+    return this.chunks.savedCopies - this.chunks.savedHoles;
+  }
+
+  /** Chunks saved as holes: they read as zeros and use no difference storage. */
+  get savedHoles(): number {
+    return this.chunks.savedHoles;
   }
 }

@@ -17,7 +17,8 @@
  * best-effort and observers are called guarded (src/observer.ts).
  */
 import { BlksnapError } from '../errors.js';
-import type { OriginDevice } from '../storage/origin-device.js';
+import type { OriginDevice, ZeroKind } from '../storage/origin-device.js';
+import type { SeekWhat } from '../storage/native.js';
 import type { DiffStorage } from '../storage/diff-storage.js';
 import { DiffArea } from './diff-area.js';
 import { DiffStorageExceptions } from './exception-store.js';
@@ -30,8 +31,12 @@ import type { FastPathState } from './fast-path-state.js';
 import type { ChangeTracker } from './change-tracker.js';
 import type { Geometry } from './geometry.js';
 import { bestEffort, silentLogger, type Logger } from './logger.js';
+import { OriginWriteCounter, type OriginWriteAccounting } from './origin-write-accounting.js';
 
 export type EngineStatus = 'open' | 'closing' | 'closed';
+
+/** The zeros an image fallocate writes (never written to: writes only read their buffer). */
+const ZEROS = Buffer.alloc(1024 * 1024);
 
 export interface EngineParts {
   origin: OriginDevice;
@@ -56,6 +61,14 @@ export class SnapshotEngine {
   private readonly reads = new InFlight();
   /** Set to closing when close() begins: no operation is accepted after that. */
   private state: EngineStatus = 'open';
+  /** The origin writes of `writeOrigin` (origin-write-accounting.ts). */
+  private readonly jsOriginWrites = new OriginWriteCounter();
+  /**
+   * Runs before each take, before the write gate closes (the daemon looks for writes made
+   * outside the mount there, so a map frozen for a snapshot does not silently miss one).
+   * A failure fails the take.
+   */
+  beforeTake: (() => Promise<void>) | null = null;
   private closing: Promise<void> | null = null;
 
   constructor(parts: EngineParts) {
@@ -78,6 +91,7 @@ export class SnapshotEngine {
         this.area.snapshotTaken();
         return frozen;
       },
+      originAllocation: () => this.origin.refreshAllocation(),
       released: (snap) => this.area.freeSnapshot(snap),
     });
     this.area = new DiffArea({
@@ -146,7 +160,62 @@ export class SnapshotEngine {
     this.checkRange(position, length);
     if (this.origin.readOnly) throw BlksnapError.of('EROFS', 'the origin is mounted read-only');
     if (length === 0) return;
-    await this.area.writeOrigin(buf, offset, length, position);
+    this.jsOriginWrites.begin(position, length);
+    try {
+      await this.area.writeOrigin(buf, offset, length, position);
+    } finally {
+      this.jsOriginWrites.end();
+    }
+  }
+
+  /**
+   * The writes `writeOrigin` and `fallocateOrigin` made (begun before they wait at the
+   * gate, ended once they returned). Any other writer of the origin in this process keeps a tally of its own;
+   * the daemon sums them (origin-write-accounting.ts).
+   */
+  get originWrites(): OriginWriteAccounting {
+    return this.jsOriginWrites;
+  }
+
+  /**
+   * fallocate on the origin: make [position, position + length) read as zeros, by
+   * punching it (`punch`: an image file gets a hole, a block device discards) or zeroing
+   * it (`zero`). For snapshots and change tracking it is a write of zeros (diff-area.ts).
+   * A block device's range must be aligned to its sector (EINVAL, nothing done).
+   */
+  async fallocateOrigin(kind: ZeroKind, position: number, length: number): Promise<void> {
+    this.checkOpen('punch or zero the origin');
+    this.checkRange(position, length);
+    if (this.origin.readOnly) throw BlksnapError.of('EROFS', 'the origin is mounted read-only');
+    const align = this.origin.zeroAlignment;
+    if (position % align !== 0 || length % align !== 0) {
+      throw BlksnapError.of('EINVAL', `fallocate of a block device must be aligned to its ${align}-byte sectors (got ${position}+${length})`);
+    }
+    if (length === 0) return;
+    // Ours, for the watch on outside writes: a punch moves the time stamps (and a block
+    // device's discard or write counters) like a write (origin-write-accounting.ts).
+    this.jsOriginWrites.begin(position, length, 'discard');
+    try {
+      await this.area.fallocateOrigin(kind, position, length);
+    } finally {
+      this.jsOriginWrites.end();
+    }
+    // st_blocks of /origin follows (a punch gives space back).
+    await this.origin.refreshAllocation().catch(() => undefined);
+  }
+
+  /**
+   * SEEK_DATA (`data`) / SEEK_HOLE (`hole`) on the origin: its own holes. null: no data
+   * at or after `offset` (ENXIO for the caller). The caller checked `offset` < size.
+   */
+  async seekOrigin(offset: number, what: SeekWhat): Promise<number | null> {
+    this.checkOpen('seek in the origin');
+    this.reads.begin();
+    try {
+      return what === 'data' ? await this.origin.seekData(offset) : await this.origin.seekHole(offset);
+    } finally {
+      this.reads.end();
+    }
   }
 
   async flushOrigin(): Promise<void> {
@@ -162,7 +231,11 @@ export class SnapshotEngine {
   // ---- snapshots (snapshot-registry.ts) -------------------------------------------
 
   /** Take a snapshot: a barrier against origin writes, then a new sequence number. */
-  take(name: string): Promise<Snapshot> {
+  async take(name: string): Promise<Snapshot> {
+    if (this.beforeTake !== null) {
+      this.checkOpen('take a snapshot');
+      await this.beforeTake();
+    }
     return this.snapshots.take(name);
   }
 
@@ -239,6 +312,49 @@ export class SnapshotEngine {
     this.checkNotCorrupted(snap);
   }
 
+  /**
+   * SEEK_DATA / SEEK_HOLE on the image of `snap` (image-holes.ts): holes where the image
+   * reads zeros because the origin had a hole there at the take. Exact for the
+   * snapshot. null: no data at or after `offset`. The caller checked `offset` < size.
+   */
+  async seekImage(snap: Snapshot, offset: number, what: SeekWhat): Promise<number | null> {
+    this.checkOpen('seek in a snapshot image');
+    this.checkNotCorrupted(snap);
+    this.reads.begin();
+    let found: number | null;
+    try {
+      found = await this.area.seekImage(snap, offset, what);
+    } finally {
+      this.reads.end();
+    }
+    // A copy that failed meanwhile may have made the answer wrong.
+    this.checkNotCorrupted(snap);
+    return found;
+  }
+
+  /**
+   * fallocate (punch or zero) on the image of `snap`: a write of zeros to its private
+   * copies, like any image write (space taken, ENOSPC without space, both maps marked),
+   * in pieces of at most 1 MiB.
+   */
+  async zeroImage(snap: Snapshot, position: number, length: number): Promise<void> {
+    this.checkRange(position, length);
+    for (let done = 0; done < length;) {
+      const n = Math.min(ZEROS.length, length - done);
+      await this.writeImage(snap, ZEROS, 0, n, position + done);
+      done += n;
+    }
+  }
+
+  /**
+   * What `st_blocks` of the image of `snap` says, in bytes: the origin's allocation at
+   * the take plus the chunks written through the image, at most its size. An estimate
+   * (saved copies are already in the first figure; copies saved as holes add nothing).
+   */
+  imageAllocatedBytes(snap: Snapshot): number {
+    return Math.min(snap.deviceCapacity, snap.originAllocated + snap.privateChunks.count * this.geometry.chunkSize);
+  }
+
   // ---- change tracking -----------------------------------------------------------
 
   /** blksnap marks image writes in both maps (cbt_map_set_both): the active one and the snapshot's own. */
@@ -262,6 +378,24 @@ export class SnapshotEngine {
     }
   }
 
+  /**
+   * The origin was written outside the mount (the daemon's watch saw it): the active map
+   * misses those blocks and the snapshots' images that still read the origin may hold
+   * them. Every snapshot not yet released is marked corrupted (EIO, one `corrupted` event
+   * each): none of them can be proven its point in time any more. Then change tracking
+   * starts a new generation (a `cbt-reset` event, reason `origin-changed`), with the write
+   * gate closed and drained, as at a take: the native fast path marks the same map, and
+   * learns the new period's number there (diff-area.ts `snapshotTaken`).
+   */
+  async originWrittenOutside(detail: string): Promise<void> {
+    this.snapshots.corruptRange(0, Number.MAX_SAFE_INTEGER, BlksnapError.of('EIO', detail), 'the origin was written outside the mount');
+    if (this.state !== 'open') return;
+    await this.area.quiesce(() => {
+      this.tracker.reset('origin-changed');
+      this.area.snapshotTaken();
+    });
+  }
+
   // ---- the native fast path -------------------------------------------------------
 
   /**
@@ -279,6 +413,11 @@ export class SnapshotEngine {
 
   get savedChunks(): number {
     return this.area.savedChunks;
+  }
+
+  /** Chunks saved as holes (no difference storage used). */
+  get savedHoles(): number {
+    return this.area.savedHoles;
   }
 
   /** Chunks that snapshots not yet released own through image writes. */

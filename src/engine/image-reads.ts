@@ -9,14 +9,14 @@
  *        the origin still holds it                                 -> the origin, and the
  *                                                                     read registers as
  *                                                                     that chunk's reader
- *        a hole when it was copied                                 -> zeros
+ *        saved as a hole (HOLE_SLOT)                               -> zeros
  *        its copy failed                                           -> EIO (nothing read)
  *      The decision and the origin reader's registration are one synchronous call per
  *      chunk (chunk-copy.ts `startRead`): an origin write to that chunk saves it first
  *      and then waits for this reader, so an image read never gets bytes newer than its
  *      snapshot.
  *   2. cut it into runs, each one read: adjacent origin chunks (one buffered read of the
- *      origin), adjacent zero chunks (one fill), and saved (or private) chunks whose
+ *      origin), adjacent hole chunks (one fill), and saved (or private) chunks whose
  *      slots lie in a row in one storage file, whether or not they are adjacent in the
  *      image (one O_DIRECT read of at most READ_RUN_BYTES, straight into the caller's
  *      buffer when it is aligned and the run is in image order, else through a pooled
@@ -36,6 +36,7 @@ import type { OriginDevice } from '../storage/origin-device.js';
 import { AlignedBufferPool, DIRECT_IO_ALIGNMENT, alignDown, alignUp } from '../storage/aligned.js';
 import { addressOf } from '../storage/native.js';
 import type { ChunkCopies } from './chunk-copy.js';
+import { HOLE_SLOT } from './copy-table.js';
 import type { ExceptionStore } from './exception-store.js';
 import { chunkPieces, type ChunkPiece, type Geometry } from './geometry.js';
 import { SavedReadAhead } from './saved-read-ahead.js';
@@ -51,7 +52,7 @@ const RUN_BUFFERS = 16;
 /** Image bytes past a sequential reader whose saved chunks are read ahead. */
 const READ_AHEAD_BYTES = 8 * 1024 * 1024;
 
-type Source = 'origin' | 'saved' | 'private' | 'zeros';
+type Source = 'origin' | 'saved' | 'private' | 'hole';
 
 /** One chunk's share of an image read, and where it comes from. */
 interface Part extends ChunkPiece {
@@ -63,7 +64,7 @@ interface Part extends ChunkPiece {
 /** Parts read with one request (or one fill). */
 interface Run {
   source: Source;
-  /** Image order for origin and zeros; slot order (consecutive slots) for saved and private. */
+  /** Image order for origin and hole; slot order (consecutive slots) for saved and private. */
   parts: Part[];
 }
 
@@ -183,7 +184,7 @@ export class ImageReads {
     if (first === undefined) return;
     const bytes = run.parts.reduce((n, p) => n + p.length, 0);
     switch (run.source) {
-      case 'zeros':
+      case 'hole': // saved as a hole: zeros, nothing to read
         buf.fill(0, offset + first.done, offset + first.done + bytes);
         return;
       case 'origin': {
@@ -273,8 +274,13 @@ export class ImageReads {
       // Private chunks are read from their own copy, never cached.
       if (c <= to && snap.privateChunks.slotOf(c) < 0) {
         const slot = sources.savedSlot(c, snap.seq);
-        if (slot >= 0) slots.push(slot);
-        else fromOrigin = true;
+        if (slot === HOLE_SLOT) {
+          // zeros: nothing to read ahead, nothing to hint
+        } else if (slot >= 0) {
+          slots.push(slot);
+        } else {
+          fromOrigin = true;
+        }
       }
       // The kernel's own read-ahead loses track of a reader that skips the saved chunks:
       // hint each stretch of origin chunks once (saved chunks' origin data is not needed).

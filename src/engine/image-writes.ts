@@ -142,6 +142,9 @@ export class ImageWrites {
       case 'saved':
         await store.read(source.slot, 0, chunkSize, into);
         return;
+      case 'hole':
+        into.fill(0);
+        return;
       case 'origin': {
         const start = chunk * chunkSize;
         const length = Math.min(chunkSize, originSize - start);
@@ -153,9 +156,6 @@ export class ImageWrites {
         if (length < chunkSize) into.fill(0, length);
         return;
       }
-      case 'zeros':
-        into.fill(0, 0, chunkSize);
-        return;
       case 'lost':
         throw BlksnapError.of('EIO', `snapshot ${snap.name} lost chunk ${chunk}`);
     }

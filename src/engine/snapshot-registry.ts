@@ -39,6 +39,8 @@ export interface RegistryParts {
   quiesce<T>(fn: () => T | Promise<T>): Promise<T>;
   /** Freeze the active change map for a new snapshot (inside the quiesce). */
   freezeCbt(): FrozenMap;
+  /** Bytes allocated to the origin now (inside the quiesce: exactly what the snapshot holds). */
+  originAllocation(): Promise<number>;
   /** `snap` can no longer be reached: free its space. Returns what was freed, for the log. */
   released(snap: Snapshot): Record<string, number>;
 }
@@ -110,7 +112,10 @@ export class SnapshotRegistry implements LiveSnapshots {
     if (this.byName.has(name) || this.taking.has(name)) throw BlksnapError.of('EEXIST', `snapshot ${name} already exists`);
     this.taking.add(name);
     try {
-      return await this.parts.quiesce(() => {
+      return await this.parts.quiesce(async () => {
+        checkOpen('take a snapshot');
+        // An estimate for the image's st_blocks: a stat that fails says "all allocated".
+        const originAllocated = await this.parts.originAllocation().catch(() => this.parts.deviceCapacity);
         checkOpen('take a snapshot');
         const snap = new Snapshot({
           seq: ++this.lastSeq,
@@ -118,6 +123,7 @@ export class SnapshotRegistry implements LiveSnapshots {
           uuid: uuidv4(),
           created: new Date(),
           deviceCapacity: this.parts.deviceCapacity,
+          originAllocated,
           cbt: this.parts.freezeCbt(),
         });
         this.byName.set(name, snap);

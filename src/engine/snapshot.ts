@@ -25,6 +25,8 @@ export class Snapshot {
   readonly uuid: string;
   readonly created: Date;
   readonly deviceCapacity: number;
+  /** Bytes allocated to the origin at the take (its st_blocks; a block device: its size), for the image's st_blocks. */
+  readonly originAllocated: number;
   readonly cbt: FrozenMap;
   /** Chunks of its own that writes to its image went to (freed when it is released). */
   readonly privateChunks = new PrivateChunks();
@@ -36,12 +38,13 @@ export class Snapshot {
   /** Open files (and other holders) of this snapshot; never below 0. */
   private holders = 0;
 
-  constructor(init: { seq: number; name: string; uuid: string; created: Date; deviceCapacity: number; cbt: FrozenMap }) {
+  constructor(init: { seq: number; name: string; uuid: string; created: Date; deviceCapacity: number; originAllocated: number; cbt: FrozenMap }) {
     this.seq = init.seq;
     this.name = init.name;
     this.uuid = init.uuid;
     this.created = init.created;
     this.deviceCapacity = init.deviceCapacity;
+    this.originAllocated = init.originAllocated;
     this.cbt = init.cbt;
   }
 

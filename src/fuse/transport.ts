@@ -69,6 +69,11 @@ export interface FastPathSpec {
 export interface NativeFastPath {
   /** Stop serving natively; resolves once no native request is inside and the origin descriptor is closed. */
   stop(): Promise<void>;
+  /**
+   * Its origin writes so far, as src/engine/origin-write-accounting.ts counts them:
+   * `begun` (and `pages`) before each pwrite, `ended` after it; `ended` is read first.
+   */
+  writes(): { begun: number; ended: number; pages: number };
 }
 
 export interface FuseSession {
@@ -78,7 +83,12 @@ export interface FuseSession {
    * or when the connection is aborted. The daemon's shutdown starts here.
    */
   readonly ended: Promise<void>;
-  /** umount(2) of the mount point; EBUSY while something uses it. */
+  /**
+   * End the session: unmount our mount (EBUSY while something uses it). libfuse3 acts
+   * only on its own mount: if another file system is now at (or over) the mount point,
+   * it ends the session without unmounting anything. fuse-native runs `fusermount -u`
+   * on the path.
+   */
   unmount(): Promise<void>;
   /** After `ended` and the daemon's own shutdown: stop the transport's threads. */
   close(): Promise<void>;

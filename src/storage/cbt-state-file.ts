@@ -12,6 +12,8 @@
  *
  * A mount rewrites the file as "in-use" (no map) before it accepts the first origin
  * write, and as "clean" with the map at a clean shutdown; a crash leaves it "in-use".
+ * A shutdown that saw the origin written outside the mount writes "unproven" (no map)
+ * with `unproven` saying what was seen: the next mount starts a new generation.
  * Every write is atomic: a temporary file in the same directory, fsync, rename over
  * the old one, fsync of the directory. So the file is always one whole version, and a
  * damaged one (a flipped byte, a truncation) fails the checksum.
@@ -32,8 +34,12 @@ const PREFIX = 48;
 /** A header is a few hundred bytes; anything much larger is damage. */
 const MAX_HEADER = 64 * 1024;
 
+export type CbtStateFlag = 'clean' | 'in-use' | 'unproven';
+
 export interface CbtStateHeader {
-  state: 'clean' | 'in-use';
+  state: CbtStateFlag;
+  /** With "unproven": why the map cannot be trusted (a write outside the mount was seen). */
+  unproven?: string;
   block_size: number;
   block_count: number;
   generation_id: string;
@@ -48,7 +54,7 @@ export interface CbtStateHeader {
 
 export interface CbtState {
   header: CbtStateHeader;
-  /** The active map when clean; empty when in use. */
+  /** The active map when clean; empty otherwise. */
   map: Uint8Array;
 }
 
@@ -83,7 +89,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 function checkHeader(h: unknown): string | null {
   if (!isObject(h)) return 'the header is not a JSON object';
-  if (h['state'] !== 'clean' && h['state'] !== 'in-use') return 'bad state flag';
+  if (h['state'] !== 'clean' && h['state'] !== 'in-use' && h['state'] !== 'unproven') return 'bad state flag';
+  if (h['unproven'] !== undefined && typeof h['unproven'] !== 'string') return 'bad unproven';
   for (const k of ['block_size', 'block_count', 'active_number']) {
     if (!Number.isSafeInteger(h[k]) || (h[k] as number) < 0) return `bad ${k}`;
   }

@@ -7,7 +7,10 @@
 import { constants as fsc, promises as fsp, type BigIntStats, type Stats } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { BlksnapError, asBlksnapError } from '../errors.js';
-import { blockDeviceSize, tryLockExclusive, unlock } from './native.js';
+import {
+  FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, blockDeviceSize, fallocateModeAsync, logicalBlockSize,
+  loopBacking, seekAsync, tryLockExclusive, unlock, type LoopBacking,
+} from './native.js';
 import { readFully, writeFully } from './io.js';
 import { majorMinor } from './devnum.js';
 import { willNeed } from './readahead-hint.js';
@@ -41,6 +44,9 @@ async function readDiskseq(rdev: string): Promise<number | null> {
   }
 }
 
+/** How the origin is made to read zeros: its bytes deallocated (discard), or zeroed in place. */
+export type ZeroKind = 'punch' | 'zero';
+
 /** The cause of the EBUSY when another blksnapfs daemon holds the origin's lock. */
 const LOCKED = Symbol('origin locked by blksnapfs');
 
@@ -52,19 +58,30 @@ export class OriginDevice {
 
   readonly identity: OriginIdentity;
   readonly readOnly: boolean;
+  /** What a block device's fallocate must be aligned to (its logical sector); 1 for a file. */
+  readonly zeroAlignment: number;
   private readonly file: fsp.FileHandle;
+  /** Bytes allocated to the origin as last seen (st_blocks * 512; a block device: its size). */
+  private allocated: number;
+  private refreshing: Promise<number> | null = null;
 
-  private constructor(file: fsp.FileHandle, identity: OriginIdentity, readOnly: boolean) {
+  private constructor(file: fsp.FileHandle, identity: OriginIdentity, readOnly: boolean, allocated: number, zeroAlignment: number) {
     this.file = file;
     this.identity = identity;
     this.readOnly = readOnly;
+    this.allocated = allocated;
+    this.zeroAlignment = zeroAlignment;
   }
 
   get size(): number {
     return this.identity.size;
   }
 
-  /** The descriptor we hold (the native fast path duplicates it to read and write the same file). */
+  /**
+   * The descriptor we hold (the native fast path duplicates it to read and write the
+   * same file; a fanotify or inotify mark through /proc/self/fd/N lands on exactly the
+   * inode we hold, modify-watch.ts). Never close it.
+   */
   get fd(): number {
     return this.file.fd;
   }
@@ -113,7 +130,8 @@ export class OriginDevice {
         uid: fst.uid,
         gid: fst.gid,
       };
-      return new OriginDevice(file, identity, options.readOnly);
+      const blockDevice = kind === 'block-device';
+      return new OriginDevice(file, identity, options.readOnly, blockDevice ? size : fst.blocks * 512, blockDevice ? logicalBlockSize(file.fd) : 1);
     } catch (err) {
       await file.close();
       throw err;
@@ -134,6 +152,67 @@ export class OriginDevice {
    */
   willNeed(offset: number, length: number): void {
     willNeed(this.file.fd, offset, Math.max(0, Math.min(length, this.identity.size - offset)));
+  }
+
+  /**
+   * The first byte of data at or after `offset`, or null when only holes follow (and
+   * at or past the end). A block device is all data: its kernel reports no holes.
+   */
+  async seekData(offset: number): Promise<number | null> {
+    if (offset >= this.identity.size) return null;
+    if (this.identity.kind === 'block-device') return offset;
+    const at = await seekAsync(this.file.fd, offset, 'data');
+    return at === null || at >= this.identity.size ? null : at;
+  }
+
+  /** The first hole at or after `offset` (< the size); the size when there is none before the end. */
+  async seekHole(offset: number): Promise<number> {
+    if (offset >= this.identity.size || this.identity.kind === 'block-device') return this.identity.size;
+    const at = await seekAsync(this.file.fd, offset, 'hole');
+    return at === null ? this.identity.size : Math.min(at, this.identity.size);
+  }
+
+  /**
+   * Make [offset, offset + length) read as zeros with fallocate(2): `punch` deallocates
+   * it (an image file gets a hole; a block device discards or zeroes, as its driver
+   * does), `zero` zeroes it in place. EOPNOTSUPP when the origin cannot.
+   */
+  async fallocate(kind: ZeroKind, offset: number, length: number): Promise<void> {
+    const mode = kind === 'punch' ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+    await fallocateModeAsync(this.file.fd, mode, offset, length);
+  }
+
+  /** Bytes allocated to the origin as last seen (an image file's st_blocks; a block device: its size). */
+  get allocatedBytes(): number {
+    return this.allocated;
+  }
+
+  /** fstat the origin now: its allocated bytes (also kept as `allocatedBytes`). */
+  async refreshAllocation(): Promise<number> {
+    if (this.identity.kind === 'block-device') return this.allocated;
+    const st = await this.file.stat();
+    this.allocated = st.blocks * 512;
+    return this.allocated;
+  }
+
+  /**
+   * Refresh `allocatedBytes` in the background (a getattr must not wait for a stat),
+   * at most one at a time; a failed stat keeps the old figure.
+   */
+  refreshAllocationSoon(): void {
+    if (this.refreshing !== null) return;
+    this.refreshing = this.refreshAllocation().catch(() => this.allocated).finally(() => {
+      this.refreshing = null;
+    });
+  }
+
+  /**
+   * What the loop device we hold reads and writes (LOOP_GET_STATUS64 on our descriptor):
+   * its backing file's device and inode, even when that file was deleted or renamed.
+   * null for anything else.
+   */
+  loopBacking(): Promise<LoopBacking | null> {
+    return this.identity.kind === 'block-device' ? loopBacking(this.file.fd) : Promise.resolve(null);
   }
 
   /** fstat of what we hold open, with nanosecond times (for the change-tracking fingerprint). */

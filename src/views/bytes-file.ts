@@ -5,6 +5,7 @@
  */
 import { BlksnapError } from '../errors.js';
 import { clampRead, type FileView, type ReadTarget } from './file-view.js';
+import { seekWithoutHoles, type SeekWhat } from './sparse.js';
 
 export class BytesFile implements FileView {
   constructor(private readonly bytes: Uint8Array, private readonly onRelease: () => void = () => undefined) {}
@@ -17,6 +18,10 @@ export class BytesFile implements FileView {
 
   write(): Promise<number> {
     return Promise.reject(BlksnapError.of('EACCES', 'this file is read-only'));
+  }
+
+  seek(offset: number, what: SeekWhat): Promise<number> {
+    return Promise.resolve(seekWithoutHoles(this.bytes.length, offset, what));
   }
 
   async fsync(): Promise<void> {}

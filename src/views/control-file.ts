@@ -13,6 +13,7 @@
 import { BlksnapError } from '../errors.js';
 import { parseSize } from '../sizes.js';
 import type { Logger } from '../engine/logger.js';
+import { FREEZE_TOKEN } from '../engine/origin-freeze.js';
 import { type CompletedLine, LineAssembler, MAX_LINE_BYTES } from './control-lines.js';
 import { splitWords } from './control-parse.js';
 import type { FileView, IoRequest, RequestContext } from './file-view.js';
@@ -22,8 +23,9 @@ export interface ControlCommands {
   storageAppend(path: string, size: number, ctx: RequestContext): Promise<void>;
   cbtDirty(offset: number, length: number): void;
   /** Returns once the origin is frozen (new writes held, those in flight finished). */
-  freeze(milliseconds: number): Promise<void>;
-  thaw(): void;
+  freeze(milliseconds: number, token: string | null): Promise<void>;
+  /** ESTALE when `token` names no current freeze (origin-freeze.ts). */
+  thaw(token: string | null): void;
 }
 
 function parseInteger(what: string, text: string | undefined): number {
@@ -31,6 +33,13 @@ function parseInteger(what: string, text: string | undefined): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n)) throw BlksnapError.of('EINVAL', `${what} is too large`);
   return n;
+}
+
+/** A freeze's TOKEN, or null when the line has none. */
+function parseToken(text: string | undefined): string | null {
+  if (text === undefined) return null;
+  if (!FREEZE_TOKEN.test(text)) throw BlksnapError.of('EINVAL', 'a freeze TOKEN is 1-64 of A-Z a-z 0-9 . _ -');
+  return text;
 }
 
 export async function runControlLine(line: string, commands: ControlCommands, ctx: RequestContext): Promise<void> {
@@ -50,14 +59,14 @@ export async function runControlLine(line: string, commands: ControlCommands, ct
       return;
     }
     case 'freeze': {
-      const [ms] = args;
-      if (args.length !== 1 || ms === undefined || !/^\d{1,9}$/.test(ms)) throw BlksnapError.of('EINVAL', 'usage: freeze MILLISECONDS');
-      await commands.freeze(Number(ms));
+      const [ms, token] = args;
+      if (args.length < 1 || args.length > 2 || ms === undefined || !/^\d{1,9}$/.test(ms)) throw BlksnapError.of('EINVAL', 'usage: freeze MILLISECONDS [TOKEN]');
+      await commands.freeze(Number(ms), parseToken(token));
       return;
     }
     case 'thaw': {
-      if (args.length !== 0) throw BlksnapError.of('EINVAL', 'usage: thaw');
-      commands.thaw();
+      if (args.length > 1) throw BlksnapError.of('EINVAL', 'usage: thaw [TOKEN]');
+      commands.thaw(parseToken(args[0]));
       return;
     }
     default:

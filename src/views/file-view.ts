@@ -3,6 +3,7 @@
  * reads, writes and the release go to it by handle, never by path, so a file whose
  * name has gone (rmdir of its snapshot) keeps working until it is closed.
  */
+import type { SeekWhat } from './sparse.js';
 
 /**
  * Who is calling. The libfuse 3 transport fills it from the request; a transport that
@@ -51,6 +52,13 @@ export interface FileView {
   write(buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
   /** close(2) of a descriptor of this open file; its errors reach the caller of close. */
   flush?(req: IoRequest): Promise<void>;
+  /**
+   * lseek SEEK_DATA / SEEK_HOLE (sparse.ts): the offset found; ENXIO when there is none
+   * or `offset` is at or past the end. Absent: the file has no holes.
+   */
+  seek?(offset: number, what: SeekWhat): Promise<number>;
+  /** fallocate(2) with its mode bits (sparse.ts `checkFallocate`). Absent: EOPNOTSUPP. */
+  fallocate?(mode: number, offset: number, length: number): Promise<void>;
   fsync(): Promise<void>;
   release(): void;
 }

@@ -23,7 +23,8 @@ export interface Attr {
   ctime: Date;
   blksize: number;
   /** 512-byte blocks. Must not be 0 for a non-empty file: GNU tar -S takes st_blocks == 0
-   *  to mean "all hole" and would archive an image as zeros. */
+   *  to mean "all hole" and would archive an image as zeros. Below the size for a file
+   *  with holes (/origin, images): cp looks for holes only then. */
   blocks: number;
 }
 
@@ -92,6 +93,13 @@ export interface FileSystem {
   write(fh: number, buf: Buffer, length: number, position: number, req: IoRequest): Promise<number>;
   /** close(2) of one descriptor of the open file (release comes after the last). */
   flush(fh: number, req: IoRequest): Promise<void>;
+  /**
+   * lseek with SEEK_DATA (3) or SEEK_HOLE (4) on an open file: the offset found; ENXIO
+   * when there is none. Never ENOSYS (the kernel would stop asking for the whole mount).
+   */
+  lseek(fh: number, offset: number, whence: number): Promise<number>;
+  /** fallocate(2) on an open file (FALLOC_FL_* mode bits). Never ENOSYS, as for lseek. */
+  fallocate(fh: number, mode: number, offset: number, length: number): Promise<void>;
   fsync(fh: number, datasync: boolean): Promise<void>;
   release(fh: number): void;
   opendir(ino: NodeId, ctx: RequestContext): number;

@@ -12,6 +12,8 @@ export interface MountFacts {
   readOnly: boolean;
   /** Which FUSE binding serves the mount, and its request counters (null before it is up). */
   transport: () => object | null;
+  /** How writes made outside the mount are watched, what cannot be seen, what was seen. */
+  outsideWrites?: () => object;
 }
 
 export function snapshotInfo(engine: SnapshotEngine, snap: Snapshot): object {
@@ -59,7 +61,7 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
     block_count: engine.tracker.blockCount,
     // saved_chunks: copies of origin chunks for snapshots; private_chunks: chunks
     // snapshots own through writes to their images. Both are in `used`.
-    diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks, private_chunks: engine.privateChunks },
+    diff_storage: { ...engine.storage.stats(), saved_chunks: engine.savedChunks, hole_chunks: engine.savedHoles, private_chunks: engine.privateChunks },
     // null, or when a /control freeze ends by itself unless thawed first.
     frozen_until: engine.freezer.frozenUntil?.toISOString() ?? null,
     change_tracking: {
@@ -76,6 +78,9 @@ export function mountStatus(engine: SnapshotEngine, facts: MountFacts): object {
       resumed: engine.tracker.resumedFrom !== null,
       resumed_from_save: engine.tracker.resumedFrom?.toISOString() ?? null,
       state_file: engine.tracker.statePath,
+      // Writes to the origin not made through the mount end continuity where they can be
+      // seen: how they are watched, what cannot be seen, and what was seen.
+      outside_writes: facts.outsideWrites?.() ?? null,
     },
     snapshots: engine.list().map((s) => ({
       name: s.name,

@@ -23,6 +23,7 @@ import { ImageFile } from './image-file.js';
 import { treeModes, type TreeModes } from './modes.js';
 import { NodeTable, ROOT_NAMES, SNAPSHOT_FILES, snapshotNode, staticNode, type Node } from './nodes.js';
 import { OriginFile } from './origin-file.js';
+import { seekWhat, seekWithoutHoles } from './sparse.js';
 import { jsonBytes, mountStatus, snapshotInfo, type MountFacts } from './state-json.js';
 
 const DIR = fsc.S_IFDIR;
@@ -31,6 +32,16 @@ const U32_MAX = 0xffffffff;
 const O_ACCMODE = 3;
 /** Names and attributes that never change may be cached by the kernel this long (s). */
 const STABLE_TIMEOUT = 1;
+
+/**
+ * st_blocks for `allocated` bytes of a file of `size`: at most the size, and never 0
+ * for a non-empty file (GNU tar -S would take it as all hole without looking; with one
+ * block it asks SEEK_DATA, which is exact).
+ */
+function blocksOf(size: number, allocated: number): number {
+  const blocks = Math.ceil(Math.min(size, allocated) / 512);
+  return size > 0 ? Math.max(1, blocks) : blocks;
+}
 
 export interface TreeOptions {
   engine: SnapshotEngine;
@@ -110,12 +121,17 @@ export class MountTree implements FileSystem {
     const { uid, gid, facts } = this.options;
     const m = this.modes;
     const base = { ino: node.ino, nlink: 1, uid, gid, mtime: facts.mountedAt, atime: facts.mountedAt, ctime: facts.mountedAt, blksize: 4096 };
-    const file = (mode: number, size: number): Attr => ({ ...base, mode: REG | mode, size, blocks: Math.ceil(size / 512) });
+    const file = (mode: number, size: number, allocated = size): Attr => ({ ...base, mode: REG | mode, size, blocks: blocksOf(size, allocated) });
     const dir = (mode: number, nlink: number): Attr => ({ ...base, mode: DIR | mode, size: 4096, nlink, blocks: 8 });
     switch (node.kind) {
       case 'root': return dir(m.directory, 3);
       case 'snapshots': return dir(m.snapshotsDir, 2 + this.engine.list().length);
-      case 'origin': return { ...file(m.origin, this.engine.originSize), blksize: this.engine.geometry.chunkSize };
+      case 'origin': {
+        // The origin's own allocation, as last seen; the next getattr sees a fresh one.
+        const allocated = this.engine.origin.allocatedBytes;
+        this.engine.origin.refreshAllocationSoon();
+        return { ...file(m.origin, this.engine.originSize, allocated), blksize: this.engine.geometry.chunkSize };
+      }
       case 'events': return file(m.readOnlyFile, 0);
       case 'status': return file(m.readOnlyFile, jsonBytes(mountStatus(this.engine, facts)).length);
       case 'control': return file(m.control, 0);
@@ -129,7 +145,8 @@ export class MountTree implements FileSystem {
         const size = node.kind === 'image' ? node.snapshot.deviceCapacity
           : node.kind === 'cbtmap' ? node.snapshot.cbt.map.length
           : jsonBytes(snapshotInfo(this.engine, node.snapshot)).length;
-        return { ...file(node.kind === 'image' ? m.image : m.readOnlyFile, size), ...times };
+        if (node.kind === 'image') return { ...file(m.image, size, this.engine.imageAllocatedBytes(node.snapshot)), ...times };
+        return { ...file(m.readOnlyFile, size), ...times };
       }
     }
   }
@@ -228,6 +245,19 @@ export class MountTree implements FileSystem {
   async flush(fh: number, req: IoRequest): Promise<void> {
     const view = this.handles.get(fh);
     if (view.flush !== undefined) await view.flush(req);
+  }
+
+  async lseek(fh: number, offset: number, whence: number): Promise<number> {
+    const what = seekWhat(whence);
+    const view = this.handles.get(fh);
+    if (view.seek !== undefined) return view.seek(offset, what);
+    return seekWithoutHoles(this.attr(this.handles.node(fh)).size, offset, what);
+  }
+
+  async fallocate(fh: number, mode: number, offset: number, length: number): Promise<void> {
+    const view = this.handles.get(fh);
+    if (view.fallocate === undefined) throw BlksnapError.of('EOPNOTSUPP', `fallocate is not supported on ${this.handles.node(fh).kind}`);
+    await view.fallocate(mode, offset, length);
   }
 
   fsync(fh: number): Promise<void> {

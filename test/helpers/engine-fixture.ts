@@ -21,6 +21,8 @@ export interface EngineSpec {
   threshold?: number;
   /** The engine's logger (default: silent). */
   logger?: Logger;
+  /** A sparse origin (all hole) instead of random data. */
+  sparse?: boolean;
 }
 
 export interface EngineUnderTest {
@@ -33,7 +35,7 @@ export interface EngineUnderTest {
 export async function openEngine(t: ExecutionContext, spec: EngineSpec): Promise<EngineUnderTest> {
   const dir = await scratchDir(t);
   const originPath = join(dir, 'origin.img');
-  await makeImage(originPath, spec.size);
+  await makeImage(originPath, spec.size, { sparse: spec.sparse === true });
   const origin = await OriginDevice.open(originPath, { readOnly: false });
   const geometry = deriveGeometry(origin.size, spec.chunkSize, 64 * 1024);
   const file = await DiffStorageFile.open(join(dir, 'diff'), spec.diffSize, { existing: 'empty', checkPlace: async () => undefined });

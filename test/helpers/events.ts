@@ -7,6 +7,7 @@ import type { ExecutionContext } from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
+import { errnoNameOf } from '../../src/errors.js';
 
 export interface EventLine {
   seq?: number;
@@ -98,7 +99,7 @@ export async function control(mnt: string, line: string): Promise<string | null>
     await fsp.writeFile(join(mnt, 'control'), `${line}\n`);
     return null;
   } catch (err) {
-    return (err as { code?: string }).code ?? String(err);
+    return errnoNameOf(err);
   }
 }
 

@@ -16,6 +16,7 @@ export const Op = {
   LOOKUP: 1, FORGET: 2, GETATTR: 3, SETATTR: 4, OPEN: 5, READ: 6, WRITE: 7, FLUSH: 8,
   RELEASE: 9, FSYNC: 10, OPENDIR: 11, READDIR: 12, RELEASEDIR: 13, MKDIR: 14, RMDIR: 15,
   STATFS: 16, UNLINK: 17, RENAME: 18, MKNOD: 19, SYMLINK: 20, LINK: 21, CREATE: 22,
+  LSEEK: 23, FALLOCATE: 24,
   /** News, with id -1 (nothing to answer): */
   INTERRUPT: 30, END: 31, FAST_DRAINED: 32,
 } as const;
@@ -24,7 +25,8 @@ export const Op = {
  * Doubles per message in a batch: id op ino fh off size arg uid gid pid. News (FORGET,
  * RELEASE, RELEASEDIR, INTERRUPT, END, FAST_DRAINED) has id -1: the addon answered it
  * already or it needs no answer; an INTERRUPT's `arg` is the id of the request it
- * interrupts, and always comes after that request's own message.
+ * interrupts, and always comes after that request's own message. LSEEK: off = offset,
+ * arg = whence. FALLOCATE: off = offset, size = length, arg = mode.
  */
 export const FIELDS = 10;
 export const F = { id: 0, op: 1, ino: 2, fh: 3, off: 4, size: 5, arg: 6, uid: 7, gid: 8, pid: 9 } as const;
@@ -37,6 +39,9 @@ export const OPEN_PARALLEL_DIRECT_WRITES = 8;
 
 /** FUSE_SET_ATTR_* bits of a setattr's `arg`. */
 export const SET_ATTR = { MODE: 1, UID: 2, GID: 4, SIZE: 8, ATIME: 16, MTIME: 32, ATIME_NOW: 128, MTIME_NOW: 256, CTIME: 1024 } as const;
+
+/** unmount() ended our session by aborting our connection (BS_OWN_ABORTED in own-mount.h). */
+export const ENDED_BY_ABORT = -1;
 
 /** An attribute array: ino mode nlink uid gid size blocks blksize atime mtime ctime (ms). */
 export const ATTR_LENGTH = 11;
@@ -59,7 +64,14 @@ export interface Fuse3Addon {
   replyWrite(s: NativeSession, id: number, bytes: number): boolean;
   replyStatfs(s: NativeSession, id: number, values: number[]): boolean;
   replyDir(s: NativeSession, id: number, names: string[], inos: number[], modes: number[], first: number): boolean;
-  /** umount(2); returns 0 or the errno. */
+  /** The offset an lseek(SEEK_DATA | SEEK_HOLE) found. */
+  replyLseek(s: NativeSession, id: number, offset: number): boolean;
+  /**
+   * End our own session: umount(2) of our mount if it is the top one at the mount point
+   * (EBUSY while in use), else (umount -l'd, or covered by a later mount) abort our FUSE
+   * connection and return ENDED_BY_ABORT. Never touches another mount. 0, ENDED_BY_ABORT
+   * or the errno.
+   */
   unmount(s: NativeSession, lazy: boolean): number;
   close(s: NativeSession): void;
   /** [requests, inFlight, maxInFlight, fastOn, fastReads, fastWrites, fastReadBytes, fastWriteBytes, fastSyncs] */
@@ -75,6 +87,8 @@ export interface Fuse3Addon {
   fastStop(s: NativeSession): number;
   /** Close the addon's origin descriptor: 0, or EBUSY while fast requests are inside. */
   fastRelease(s: NativeSession): number;
+  /** [begun, ended, pages] of the fast path's origin writes, `ended` read first. */
+  fastTally(s: NativeSession): [number, number, number];
 }
 
 const ADDON_PATH = fileURLToPath(new URL('../../../../build/Release/blksnapfs_fuse3.node', import.meta.url));

@@ -21,7 +21,7 @@ import {
   escapeOptionValue, type FastPathSpec, type FuseSession, type MountConfig, type NativeFastPath, type Transport, type TransportStats,
 } from '../transport.js';
 import {
-  ATTR_LENGTH, F, FIELDS, loadAddon, Op, OPEN_DIRECT_IO, OPEN_KEEP_CACHE, OPEN_NONSEEKABLE, OPEN_PARALLEL_DIRECT_WRITES, SET_ATTR,
+  ATTR_LENGTH, ENDED_BY_ABORT, F, FIELDS, loadAddon, Op, OPEN_DIRECT_IO, OPEN_KEEP_CACHE, OPEN_NONSEEKABLE, OPEN_PARALLEL_DIRECT_WRITES, SET_ATTR,
   type Fuse3Addon, type NativeSession,
 } from './addon.js';
 
@@ -202,6 +202,12 @@ class Libfuse3Session implements FuseSession {
       case Op.FLUSH:
         this.settle(id, op, fs.flush(fh ?? 0, new Request(ctx())), () => this.addon.replyErr(this.s, id, 0));
         return;
+      case Op.LSEEK:
+        this.settle(id, op, fs.lseek(fh ?? 0, n[o + F.off] ?? 0, n[o + F.arg] ?? 0), (offset) => this.addon.replyLseek(this.s, id, offset));
+        return;
+      case Op.FALLOCATE:
+        this.settle(id, op, fs.fallocate(fh ?? 0, n[o + F.arg] ?? 0, n[o + F.off] ?? 0, n[o + F.size] ?? 0), () => this.addon.replyErr(this.s, id, 0));
+        return;
       case Op.FSYNC:
         this.settle(id, op, fs.fsync(fh ?? 0, (n[o + F.arg] ?? 0) !== 0), () => this.addon.replyErr(this.s, id, 0));
         return;
@@ -256,7 +262,7 @@ class Libfuse3Session implements FuseSession {
   private fail(id: number, op: number, err: unknown): void {
     this.waiting.delete(id);
     const errno = -toNegativeErrno(err);
-    if (!(err instanceof BlksnapError) || (err.code !== 'ENOENT' && err.code !== 'EINTR')) {
+    if (!(err instanceof BlksnapError) || (err.code !== 'ENOENT' && err.code !== 'EINTR' && err.code !== 'ENXIO')) {
       this.log.debug({ op, err: err instanceof Error ? err.message : String(err), errno }, 'request failed');
     }
     if (this.native !== null && !this.addon.replyErr(this.native, id, errno)) {
@@ -283,6 +289,10 @@ class Libfuse3Session implements FuseSession {
   unmount(): Promise<void> {
     const errno = this.addon.unmount(this.s, false);
     if (errno === 0) return Promise.resolve();
+    if (errno === ENDED_BY_ABORT) {
+      this.log.info({ mountpoint: this.mountpoint }, 'our mount is no longer the one at the mount point (umount -l, or covered): ended our own FUSE connection, unmounted nothing');
+      return Promise.resolve();
+    }
     if (errno === 16) return Promise.reject(BlksnapError.of('EBUSY', `${this.mountpoint} is busy (a loop device or open file uses it)`));
     if (errno === 22) return Promise.resolve(); // EINVAL: not mounted (any more)
     return Promise.reject(BlksnapError.of('EIO', `cannot unmount ${this.mountpoint}: errno ${errno}`));
@@ -313,7 +323,13 @@ class Libfuse3Session implements FuseSession {
       spec.chunkSize, spec.blockSize, spec.writable,
     );
     this.fastDrained = spec.onDrained;
-    return { stop: () => this.stopFastPath() };
+    return {
+      stop: () => this.stopFastPath(),
+      writes: () => {
+        const [begun, ended, pages] = this.addon.fastTally(this.s);
+        return { begun, ended, pages };
+      },
+    };
   }
 
   /** Off, then wait for the native requests inside (each FAST_DRAINED: look again), then let the origin go. */
