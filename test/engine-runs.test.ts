@@ -8,6 +8,7 @@
  */
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { KiB, MiB } from './helpers/fixture.js';
 import { openEngine, readImage, readOrigin } from './helpers/engine-fixture.js';
@@ -184,6 +185,25 @@ test('a run whose O_DIRECT write fails halfway corrupts exactly the snapshots th
   t.is(engine.storage.stats().used, engine.savedChunks * CHUNK, 'its slots went back');
   engine.destroy('s2');
   t.is(engine.storage.stats().used, engine.savedChunks * CHUNK);
+});
+
+test('a run over data and holes of the origin: one read, the stretches of data written, the holes saved as holes', async (t) => {
+  const { engine, originPath } = await openEngine(t, { size: 4 * MiB, chunkSize: CHUNK, diffSize: 4 * MiB, sparse: true });
+  // Data in chunks 0..2, 6..8 and 10..15 of the first MiB; chunks 3..5 and 9 are holes.
+  const fh = await fsp.open(originPath, 'r+');
+  for (const [from, to] of [[0, 3], [6, 9], [10, 16]] as const) await fh.write(randomBytes((to - from) * CHUNK), 0, (to - from) * CHUNK, from * CHUNK);
+  await fh.datasync();
+  await fh.close();
+  const v0 = await readOrigin(engine);
+  await engine.take('s'); // the origin's allocation is looked at again at a take
+  const { reads, writes } = countRequests(engine);
+  await write(engine, 0, randomBytes(MiB));
+  t.deepEqual(reads, [[0, 16]], 'one read of the run');
+  t.deepEqual(writes, [[0, 3], [3, 3], [6, 6]], 'one write per stretch of data, into slots in a row');
+  t.is(engine.savedHoles, 4);
+  t.is(engine.savedChunks, 12);
+  t.is(engine.storage.stats().used, 12 * CHUNK);
+  t.true((await readImage(engine, 's')).equals(v0), 'the image reads its data and its zeros');
 });
 
 test('a run in pieces (a fragmented free list) settles all its chunks at once, after its last write', async (t) => {
