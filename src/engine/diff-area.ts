@@ -130,26 +130,8 @@ export class DiffArea {
    * Write the origin behind the gate, after saving what live snapshots still need of
    * the chunks it touches. The caller checked the range and the mode; `length` > 0.
    */
-  async writeOrigin(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
-    if (this.gate.enter() !== null) await this.gate.enterWhenOpen();
-    try {
-      // A write that waited at the gate while the engine began to close.
-      this.parts.checkOpen('write the origin');
-      const cs = this.parts.geometry.chunkSize;
-      const first = Math.floor(position / cs);
-      const last = Math.floor((position + length - 1) / cs);
-      // Every copy of this write settles before it leaves the gate (see chunk-copy.ts).
-      const newest = this.parts.snapshots.newestLiveSeq;
-      const prepared = this.chunks.prepareWrite(first, last, newest);
-      if (prepared !== null) await prepared;
-      // Every copy settled and no image reader reads these chunks from the origin: C may
-      // write them until the next take (fast-path-state.ts).
-      if (newest > 0) this.fast?.noCopyNeeded(first, last);
-      this.parts.tracker.mark(position, length);
-      await this.parts.origin.write(buf, offset, length, position);
-    } finally {
-      this.gate.leave();
-    }
+  writeOrigin(buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+    return this.changeOrigin('write the origin', position, length, () => this.parts.origin.write(buf, offset, length, position));
   }
 
   /**
@@ -159,15 +141,23 @@ export class DiffArea {
    * and only then is the origin itself punched or zeroed. The caller checked the range
    * and the mode; `length` > 0.
    */
-  async fallocateOrigin(kind: ZeroKind, position: number, length: number): Promise<void> {
+  fallocateOrigin(kind: ZeroKind, position: number, length: number): Promise<void> {
+    return this.changeOrigin('punch or zero the origin', position, length, () => this.parts.origin.fallocate(kind, position, length));
+  }
+
+  /**
+   * Change [position, position + length) of the origin by `apply`, behind the gate,
+   * after saving what live snapshots still need of the chunks it touches.
+   */
+  private async changeOrigin(what: string, position: number, length: number, apply: () => Promise<void>): Promise<void> {
     if (this.gate.enter() !== null) await this.gate.enterWhenOpen();
     try {
-      // A punch that waited at the gate while the engine began to close.
-      this.parts.checkOpen('punch or zero the origin');
+      // A change that waited at the gate while the engine began to close.
+      this.parts.checkOpen(what);
       const cs = this.parts.geometry.chunkSize;
       const first = Math.floor(position / cs);
       const last = Math.floor((position + length - 1) / cs);
-      // Every copy of this punch settles before it leaves the gate (see chunk-copy.ts).
+      // Every copy of this change settles before it leaves the gate (see chunk-copy.ts).
       const newest = this.parts.snapshots.newestLiveSeq;
       const prepared = this.chunks.prepareWrite(first, last, newest);
       if (prepared !== null) await prepared;
@@ -175,7 +165,7 @@ export class DiffArea {
       // write them until the next take (fast-path-state.ts).
       if (newest > 0) this.fast?.noCopyNeeded(first, last);
       this.parts.tracker.mark(position, length);
-      await this.parts.origin.fallocate(kind, position, length);
+      await apply();
     } finally {
       this.gate.leave();
     }
