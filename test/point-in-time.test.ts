@@ -64,8 +64,10 @@ test('several snapshots with writes between; destroying the middle one leaves th
 });
 
 test('a writer hammering /origin while snapshots are taken: each image holds a prefix of its records', async (t) => {
-  const records = 2048; // 8 MiB of sequenced records
-  const m = await mountImage(t, { size: 16 * MiB, sparse: true, options: 'diff_size=64M,chunk_size=64K' });
+  // 32 MiB of sequenced records: enough that snapshots 40 ms apart fall while it writes,
+  // even when the writes are served natively (they were over in 80 ms with 2048).
+  const records = 8192;
+  const m = await mountImage(t, { size: 64 * MiB, sparse: true, options: 'diff_size=128M,chunk_size=64K' });
   const writerScript = fileURLToPath(new URL('./helpers/seq-writer.js', import.meta.url));
   const writer = background(t, process.execPath, [writerScript, m.path('origin'), String(records)]);
   const names: string[] = [];

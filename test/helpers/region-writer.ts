@@ -5,13 +5,14 @@
  *   node region-writer.js PATH BASE LENGTH random BLOCK COUNT SEED
  *       COUNT writes of BLOCK bytes at BLOCK-aligned offsets in [BASE, BASE+LENGTH),
  *       offsets and contents from SEED: the same arguments always leave the same bytes.
- *   node region-writer.js PATH BASE LENGTH records
+ *   node region-writer.js PATH BASE LENGTH records [STOPFILE]
  *       self-describing 4 KiB records in order (record k at BASE + k*4096 names the
- *       region and k), LENGTH/4096 of them: an image taken at any moment must hold a
- *       prefix of them and the original bytes after.
+ *       region and k), LENGTH/4096 of them, or fewer if STOPFILE appears (looked for
+ *       every 64 records): an image taken at any moment must hold a prefix of them and
+ *       the original bytes after.
  * It prints the number of writes when done.
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 
 export const RECORD = 4096;
@@ -54,7 +55,11 @@ if (process.argv[1]?.endsWith('region-writer.js')) {
   const fd = openSync(path ?? '', 'r+');
   let writes = 0;
   if (mode === 'records') {
-    for (let k = 0; k < Math.floor(length / RECORD); k++, writes++) writeSync(fd, regionRecord(base, k), 0, RECORD, base + k * RECORD);
+    const stopFile = blockText;
+    for (let k = 0; k < Math.floor(length / RECORD); k++, writes++) {
+      if (stopFile !== undefined && k % 64 === 0 && existsSync(stopFile)) break;
+      writeSync(fd, regionRecord(base, k), 0, RECORD, base + k * RECORD);
+    }
   } else {
     const block = Number(blockText);
     const count = Number(countText);
