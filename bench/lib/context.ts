@@ -79,9 +79,15 @@ export interface Ctx {
 
 let mountSeq = 0;
 
-/** The blksnapfs systems of this run, each with how it is mounted, in the order they run. */
-export function bsfSystems(ctx: Ctx): Array<{ system: BsfSystem; transport: BsfVariant }> {
-  return ctx.cfg.systems.map((system) => ({ system, transport: variantOf(system) }));
+/**
+ * The blksnapfs systems of this run, each with how it is mounted. Repetition `rep`
+ * (from 1) starts one system further along, so that no system always runs right after
+ * the raw file (whose writes the disk may still be settling) or always last.
+ */
+export function bsfSystems(ctx: Ctx, rep = 1): Array<{ system: BsfSystem; transport: BsfVariant }> {
+  const all = ctx.cfg.systems;
+  const shift = all.length === 0 ? 0 : (rep - 1) % all.length;
+  return [...all.slice(shift), ...all.slice(0, shift)].map((system) => ({ system, transport: variantOf(system) }));
 }
 
 /** Mount blksnapfs over `origin` as `transport` says, with its own difference storage in the scratch dir. */

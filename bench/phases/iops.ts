@@ -40,7 +40,7 @@ export async function smallRequests(ctx: Ctx): Promise<void> {
   for (let rep = 1; rep <= reps; rep++) {
     ctx.log(`small requests: repetition ${rep}/${reps}`);
     await session(ctx, 'raw', ids, () => all('raw', ctx.image));
-    for (const { system, transport } of bsfSystems(ctx)) {
+    for (const { system, transport } of bsfSystems(ctx, rep)) {
       await session(ctx, system, ids, async (scope) => {
         const b = scope.track(await mountBsf(ctx, { diffSize: 64 * MiB, transport }));
         await all(system, b.origin, b);

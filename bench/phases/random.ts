@@ -44,7 +44,7 @@ export async function randomWrite(ctx: Ctx): Promise<void> {
         await firstTouch('raw', id(qd, 'first'), ctx.image, qd);
       }
     });
-    for (const { system, transport } of bsfSystems(ctx)) {
+    for (const { system, transport } of bsfSystems(ctx, rep)) {
       await session(ctx, system, all, async (scope) => {
         const b = scope.track(await mountBsf(ctx, { diffSize: Math.max(firstTouchRegion, steadyRegion) + 64 * MiB, transport }));
         for (const qd of DEPTHS) await steady(system, id(qd, 'nosnap'), b.origin, qd, b);

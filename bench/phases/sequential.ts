@@ -84,7 +84,7 @@ export async function seqWrite(ctx: Ctx): Promise<void> {
       for (const tool of TOOLS) await measure(ctx, id(tool, 'nosnap'), 'raw', () => write(tool, ctx.image, size));
       await measure(ctx, bound, 'raw', () => writePreallocated(ctx, size));
     });
-    for (const { system, transport } of bsfSystems(ctx)) {
+    for (const { system, transport } of bsfSystems(ctx, rep)) {
       await session(ctx, system, [...all, hwm], async (scope) => {
         const b = scope.track(await mountBsf(ctx, { diffSize: size + 64 * MiB, transport }));
         await ddWrite(b.origin, WARMUP); // a fresh daemon: let the JIT warm up first
@@ -130,7 +130,7 @@ export async function seqRead(ctx: Ctx): Promise<void> {
     await session(ctx, 'raw', all, async () => {
       for (const tool of TOOLS) await measure(ctx, id(tool, 'origin'), 'raw', () => read(tool, ctx.image, size));
     });
-    for (const { system, transport } of bsfSystems(ctx)) {
+    for (const { system, transport } of bsfSystems(ctx, rep)) {
       await session(ctx, system, all, async (scope) => {
         const b = scope.track(await mountBsf(ctx, { diffSize: size + 64 * MiB, transport }));
         for (const tool of TOOLS) await measure(ctx, id(tool, 'origin'), system, () => read(tool, b.origin, size), b);

@@ -84,7 +84,7 @@ export async function chunkMemory(ctx: Ctx): Promise<void> {
   const owes = [perChunk, ...Array.from({ length: steps + 1 }, (_v, k) => [id('ctrl', k), id('snap', k)]).flat()];
   for (let rep = 1; rep <= reps; rep++) {
     ctx.log(`memory vs chunks: repetition ${rep}/${reps}`);
-    for (const { system, transport } of bsfSystems(ctx)) {
+    for (const { system, transport } of bsfSystems(ctx, rep)) {
       await session(ctx, system, owes, async (scope) => {
         const hwm: Record<string, number> = {};
         for (const state of ['ctrl', 'snap']) {
@@ -140,7 +140,7 @@ export async function multiSnapshot(ctx: Ctx): Promise<void> {
   const write = async (path: string): Promise<number> => (await fio({ filename: path, rw: 'write', bs: '1M', iodepth: 4, size: multiBytes })).mibs;
   for (let rep = 1; rep <= reps; rep++) {
     ctx.log(`snapshots held: repetition ${rep}/${reps}`);
-    for (const { system, transport } of bsfSystems(ctx)) {
+    for (const { system, transport } of bsfSystems(ctx, rep)) {
       await session(ctx, system, all, async (scope) => {
         // A fresh mount for each k: the same empty difference storage every time.
         for (const k of multi) {

@@ -102,7 +102,7 @@ export async function sparseImages(ctx: Ctx): Promise<void> {
       await must('truncate', ['-s', '0', holes]); // back to all hole for the systems below
       await must('truncate', ['-s', String(ctx.cfg.size), holes]);
     });
-    for (const { system, transport } of bsfSystems(ctx)) {
+    for (const { system, transport } of bsfSystems(ctx, rep)) {
       await session(ctx, system, owes, async (scope) => {
         const b = scope.track(await mountBsf(ctx, { origin, diffSize: 64 * MiB, transport }));
         await b.take('s');
