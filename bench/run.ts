@@ -18,8 +18,8 @@ import { join } from 'node:path';
 import { Cleanup } from './lib/cleanup.js';
 import { makeConfig, PHASES, type Config, type Ctx, type Phase } from './lib/context.js';
 import { Recorder } from './lib/results.js';
-import { evaluateTargets, renderDaemonEvidence, renderTables, renderTargets, type PreviousRun } from './lib/report.js';
-import type { BsfSystem, Row } from './lib/results.js';
+import { evaluateTargets, loadPreviousRun, renderRun } from './lib/report.js';
+import type { BsfSystem } from './lib/results.js';
 import { TRANSPORTS, type TransportName } from '../src/fuse/transport.js';
 import { ROOT } from './lib/blksnapfs.js';
 import { must, run, stopping } from './lib/proc.js';
@@ -106,16 +106,6 @@ async function versionOf(cmd: string, args: string[]): Promise<string> {
   return r.code === 0 ? (r.stdout.split('\n')[0] ?? '').trim() : `unavailable (${r.stderr.trim().slice(0, 80)})`;
 }
 
-async function previousRun(file: string): Promise<PreviousRun | null> {
-  try {
-    const data = JSON.parse(await fsp.readFile(file, 'utf8')) as { meta: { started: string; sizes: { seq: number }; versions: { blksnapfs_commit: string }; transports?: string[]; systems?: string[] }; rows: Row[] };
-    // Runs from before the transport was a dimension had blksnapfs on fuse-native.
-    const transport = data.meta.transports === undefined && data.meta.systems === undefined ? 'fuse-native' : 'libfuse3';
-    return { file: 'bench/results/latest-full.json', commit: data.meta.versions.blksnapfs_commit, transport, started: data.meta.started, seqBytes: data.meta.sizes.seq, rows: data.rows };
-  } catch {
-    return null;
-  }
-}
 
 /** The blksnapfs systems: libfuse3 with the fast path on and/or off, and fuse-native. */
 function systemsOf(transports: readonly TransportName[], fastPath: ReadonlyArray<'on' | 'off'>): BsfSystem[] {
@@ -142,7 +132,7 @@ async function main(): Promise<number> {
   if (args.reps !== null) cfg.reps = args.reps;
 
   // Read before this run may overwrite it: the dd rows are judged against it.
-  const previous = await previousRun(join(ROOT, 'bench', 'results', 'latest-full.json'));
+  const previous = await loadPreviousRun(join(ROOT, 'bench', 'results', 'latest-full.json'));
   await ensureTools(log, { qsd: args.qsd });
   const base = process.env['BLKSNAPFS_BENCH_DIR'] ?? '/var/tmp/blksnapfs-bench';
   await fsp.mkdir(base, { recursive: true });
@@ -203,15 +193,7 @@ async function main(): Promise<number> {
   meta.finished = new Date().toISOString();
   meta.loadavg_end = loadavg();
   const targets = evaluateTargets(rec, { bigOrigin: '16 TiB', smallOrigin: '1 GiB', flatToleranceMiB: 2, previous, seqBytes: cfg.size, storageBound: STORAGE_BOUND });
-  const markdown = [
-    `## blksnapfs bench, ${cfg.mode} run, ${meta.started}`,
-    '',
-    `${cfg.reps} runs per figure (median ±half the range), ${meta.machine.cpus} CPUs, kernel ${meta.machine.kernel}, ${meta.versions.qemu_storage_daemon}, ${meta.versions.fio}, blksnapfs ${meta.versions.blksnapfs_commit} (blksnapfs: transport=libfuse3 with the fast path; blksnapfs fast_path=off: the same, every request through the engine; blksnapfs fuse-native: transport=fuse-native; systems run: ${cfg.systems.join(', ')}). Load average at start ${meta.machine.loadavg_start.map((x) => x.toFixed(1)).join(' ')}, at end ${meta.loadavg_end.map((x) => x.toFixed(1)).join(' ')}.`,
-    '',
-    renderTables(rec),
-    renderTargets(targets),
-    renderDaemonEvidence(rec),
-  ].join('\n');
+  const markdown = renderRun(meta, rec, targets);
   process.stdout.write(`\n${markdown}\n`);
 
   const out = args.out ?? join(ROOT, 'bench', 'results', `latest-${cfg.mode}.json`);

@@ -90,6 +90,16 @@ export class Recorder {
   readonly rows: Row[] = [];
   private readonly byId = new Map<string, Row>();
 
+  /** The rows of a saved run (bench/results/*.json), to judge and render them again. */
+  static fromRows(rows: readonly Row[]): Recorder {
+    const rec = new Recorder();
+    for (const r of rows) {
+      rec.rows.push(r);
+      rec.byId.set(r.id, r);
+    }
+    return rec;
+  }
+
   row(id: string, spec: RowSpec): Row {
     let r = this.byId.get(id);
     if (r === undefined) {
