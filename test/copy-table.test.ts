@@ -5,18 +5,8 @@
  */
 import test from 'ava';
 import { CopyTable, HOLE_SLOT, LOST_SLOT } from '../src/engine/copy-table.js';
+import { seededFloats } from './helpers/seeded-random.js';
 
-/** mulberry32: the same sequence on every run, so a failure replays. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface ModelRecord {
   lo: number;
@@ -51,7 +41,7 @@ for (const [name, space, seed] of [
   ['scattered up to the largest chunk number', 0xffffffff, 3],
 ] as const) {
   test(`records, lookups and sweeps agree with the model: ${name}`, (t) => {
-    const rand = prng(seed);
+    const rand = seededFloats(seed);
     const table = new CopyTable();
     const model = new Model();
     const pick = (): number => (space <= 64 ? Math.floor(rand() * space) : rand() < 0.1 ? space - 1 - Math.floor(rand() * 4) : Math.floor(rand() * space));
@@ -123,7 +113,7 @@ test('the hash shrinks back when sweeps empty it, and a chunk saved again starts
 });
 
 test('removing chunks from a crowded hash keeps every other chunk findable', (t) => {
-  const rand = prng(4);
+  const rand = seededFloats(4);
   const table = new CopyTable();
   const chunks = new Map<number, number>();
   // 3/4 full before growing: long probe runs, the case backward-shift deletion must get right.

@@ -10,7 +10,8 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KiB, MiB, background, mountImage, must, readRange, run, scratchDir, type Mounted } from './helpers/fixture.js';
-import { recordPrefix, RECORD, seededRandom } from './helpers/region-writer.js';
+import { recordPrefix, RECORD } from './helpers/region-writer.js';
+import { seededU32 } from './helpers/seeded-random.js';
 
 const WRITER = fileURLToPath(new URL('./helpers/region-writer.js', import.meta.url));
 
@@ -67,7 +68,7 @@ async function workload(t: ExecutionContext, m: Mounted, seed: number): Promise<
   await fsp.mkdir(m.path('snapshots', 's1'));
 
   // Phase 2: writers, image reads, seeded image writes and origin reads at qd16, all at once.
-  const next = seededRandom(seed);
+  const next = seededU32(seed);
   const imageWrites = async (): Promise<void> => {
     const fh = await fsp.open(m.path('snapshots', 's1', 'image'), 'r+');
     try {

@@ -10,20 +10,10 @@ import test from 'ava';
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { execFileP, KiB, MiB, mountImage, must, readRange, writeRange, type Mounted } from './helpers/fixture.js';
+import { seededFloats } from './helpers/seeded-random.js';
 
 const CHUNK = 64 * KiB;
 
-/** mulberry32: the same sequence on every run, so a failure replays. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Bytes that name where they were written: `tag` and the offset, every 16 bytes. */
 function stamped(tag: number, position: number, length: number): Buffer {
@@ -75,7 +65,7 @@ test('1 MiB and 8 MiB first writes across chunk and storage-file boundaries, sto
     taken.set(name, await fsp.readFile(m.origin));
     await fsp.mkdir(m.path('snapshots', name));
   };
-  const rand = prng(17);
+  const rand = seededFloats(17);
   let tag = 1;
   // Offsets 4 KiB past a chunk border: every write straddles chunks at both ends.
   const offset = (): number => (Math.floor(rand() * (size / CHUNK - 130)) * CHUNK) + 4 * KiB * (1 + Math.floor(rand() * 15));
@@ -147,7 +137,7 @@ test('a take racing an 8 MiB O_DIRECT write sees each of its 1 MiB requests whol
 
 test('image reads are byte-exact against a model: saved, origin, private and zero chunks at random, O_DIRECT and buffered, unaligned', async (t) => {
   const size = 16 * MiB;
-  const rand = prng(5);
+  const rand = seededFloats(5);
   // An origin with zero chunks among random ones.
   const dir = await fsp.mkdtemp(join('/var/tmp', 'blksnapfs-runs-'));
   t.teardown(() => fsp.rm(dir, { recursive: true, force: true }));

@@ -82,6 +82,35 @@ static bs_session *session_arg(napi_env env, napi_value v) {
   return p;
 }
 
+/* The session of a call whose only argument is the session (NULL: an exception is pending). */
+static bs_session *only_session(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) {
+    napi_throw_type_error(env, NULL, "expected a blksnapfs fuse3 session");
+    return NULL;
+  }
+  return session_arg(env, argv[0]);
+}
+
+/* A JavaScript array of `n` numbers. */
+static napi_value number_array(napi_env env, const double *v, uint32_t n) {
+  napi_value arr;
+  napi_create_array_with_length(env, n, &arr);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value x;
+    napi_create_double(env, v[i], &x);
+    napi_set_element(env, arr, i, x);
+  }
+  return arr;
+}
+
+static napi_value int32_value(napi_env env, int32_t v) {
+  napi_value r;
+  napi_create_int32(env, v, &r);
+  return r;
+}
+
 static char *string_arg(napi_env env, napi_value v) {
   size_t len = 0;
   if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return NULL;
@@ -411,19 +440,13 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   if (s == NULL) return NULL;
   bool lazy = false;
   napi_get_value_bool(env, argv[1], &lazy);
-  napi_value r;
-  napi_create_int32(env, s->closed ? 0 : bs_session_unmount(s, lazy), &r);
-  return r;
+  return int32_value(env, s->closed ? 0 : bs_session_unmount(s, lazy));
 }
 
 /* close(session): after the session has ended; tears down threads and the session. */
 static napi_value js_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bs_session *s = session_arg(env, argv[0]);
-  if (s == NULL) return NULL;
-  close_session(env, s);
+  bs_session *s = only_session(env, info);
+  if (s != NULL) close_session(env, s);
   return NULL;
 }
 
@@ -545,46 +568,25 @@ static napi_value js_fast_attach(napi_env env, napi_callback_info info) {
 
 /* fastStop(session) -> fast requests still inside (OP_FAST_DRAINED news follows when 0 is reached). */
 static napi_value js_fast_stop(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bs_session *s = session_arg(env, argv[0]);
-  if (s == NULL) return NULL;
-  napi_value r;
-  napi_create_int32(env, bs_fast_stop(s), &r);
-  return r;
+  bs_session *s = only_session(env, info);
+  return s == NULL ? NULL : int32_value(env, bs_fast_stop(s));
 }
 
 /* fastRelease(session) -> 0, or EBUSY while fast requests are inside: closes our origin descriptor. */
 static napi_value js_fast_release(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bs_session *s = session_arg(env, argv[0]);
-  if (s == NULL) return NULL;
-  napi_value r;
-  napi_create_int32(env, bs_fast_release(s), &r);
-  return r;
+  bs_session *s = only_session(env, info);
+  return s == NULL ? NULL : int32_value(env, bs_fast_release(s));
 }
 
 /* fastTally(session) -> [begun, ended, pages]: the fast path's origin writes, read
  * `ended` first (src/engine/origin-write-accounting.ts has the contract). */
 static napi_value js_fast_tally(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bs_session *s = session_arg(env, argv[0]);
+  bs_session *s = only_session(env, info);
   if (s == NULL) return NULL;
   uint64_t v[3];
   bs_fast_tally(s, &v[0], &v[1], &v[2]);
-  napi_value arr;
-  napi_create_array_with_length(env, 3, &arr);
-  for (uint32_t i = 0; i < 3; i++) {
-    napi_value x;
-    napi_create_double(env, (double)v[i], &x);
-    napi_set_element(env, arr, i, x);
-  }
-  return arr;
+  double d[3] = {(double)v[0], (double)v[1], (double)v[2]};
+  return number_array(env, d, 3);
 }
 
 /* stats(session, resetMax) -> [requests, inFlight, maxInFlight, fastOn, fastReads,
@@ -620,14 +622,7 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
     v[8] = (double)__atomic_load_n(&f->syncs, __ATOMIC_RELAXED);
     v[0] += v[4] + v[5] + v[8];
   }
-  napi_value arr;
-  napi_create_array_with_length(env, 9, &arr);
-  for (uint32_t i = 0; i < 9; i++) {
-    napi_value x;
-    napi_create_double(env, v[i], &x);
-    napi_set_element(env, arr, i, x);
-  }
-  return arr;
+  return number_array(env, v, 9);
 }
 
 static napi_value init(napi_env env, napi_value exports) {

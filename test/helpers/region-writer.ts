@@ -14,22 +14,11 @@
  */
 import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
+import { seededU32 } from './seeded-random.js';
 
 export const RECORD = 4096;
 const MAGIC = 'BLKSNAPFS-REGION';
 
-/** xorshift32: small, seeded, the same sequence on every run. */
-export function seededRandom(seed: number): () => number {
-  let x = (seed >>> 0) || 0x9e3779b9;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 export function regionRecord(base: number, k: number): Buffer {
   const buf = Buffer.alloc(RECORD, k & 0xff);
@@ -63,7 +52,7 @@ if (process.argv[1]?.endsWith('region-writer.js')) {
   } else {
     const block = Number(blockText);
     const count = Number(countText);
-    const next = seededRandom(Number(seedText));
+    const next = seededU32(Number(seedText));
     const slots = Math.floor(length / block);
     const buf = Buffer.alloc(block);
     for (let i = 0; i < count; i++, writes++) {

@@ -77,3 +77,15 @@ export class SeededRandom {
     return new SeededRandom(this.u32());
   }
 }
+
+/** Uniform floats in [0, 1) from `seed`, as a plain function (for tests that need only that). */
+export function seededFloats(seed: number): () => number {
+  const r = new SeededRandom(seed);
+  return () => r.next();
+}
+
+/** Uniform 32-bit integers from `seed`, as a plain function. */
+export function seededU32(seed: number): () => number {
+  const r = new SeededRandom(seed);
+  return () => r.u32();
+}
