@@ -78,37 +78,28 @@ static void post_end(bs_session *s, int error) {
 }
 
 static void *reader_main(void *arg);
-static void post_end(bs_session *s, int error);
 
-/* Under lock: claim the next reader's place; the caller starts it (start_claimed). */
-static int claim_reader(bs_session *s) {
+/*
+ * Under lock: start one more reader, unless closing or at the limit; 0 or -1. The thread
+ * is created under the lock, so `readers[i]` is written before close() can read
+ * `nreaders` (it takes the same lock), and the new reader, whose first step takes the
+ * lock too, starts only once it is counted.
+ */
+static int start_reader_locked(bs_session *s) {
   if (s->closing || s->nreaders >= s->want_readers) return -1;
+  if (pthread_create(&s->readers[s->nreaders], NULL, reader_main, s) != 0) return -1;
+  s->nreaders++;
   s->readers_alive++;
   /* Counted idle from now, so no second one is started for the same need. */
   __atomic_add_fetch(&s->readers_idle, 1, __ATOMIC_ACQ_REL);
-  return s->nreaders++;
-}
-
-static int start_claimed(bs_session *s, int i) {
-  if (pthread_create(&s->readers[i], NULL, reader_main, s) == 0) return 0;
-  pthread_mutex_lock(&s->lock);
-  /* It never ran: give its place back (places are only ever taken from the end). If the
-   * others have left meanwhile, it was the last: say the session is over. */
-  int last = --s->readers_alive == 0;
-  if (last) s->ended = 1;
-  __atomic_sub_fetch(&s->readers_idle, 1, __ATOMIC_ACQ_REL);
-  if (s->nreaders == i + 1) s->nreaders = i;
-  pthread_mutex_unlock(&s->lock);
-  if (last) post_end(s, EAGAIN);
-  return -1;
+  return 0;
 }
 
 /* A reader took the last idle place: start one more, if the limit allows. */
 static void start_another_reader(bs_session *s) {
   pthread_mutex_lock(&s->lock);
-  int i = __atomic_load_n(&s->readers_idle, __ATOMIC_ACQUIRE) == 0 ? claim_reader(s) : -1;
+  if (__atomic_load_n(&s->readers_idle, __ATOMIC_ACQUIRE) == 0) start_reader_locked(s);
   pthread_mutex_unlock(&s->lock);
-  if (i >= 0) start_claimed(s, i);
 }
 
 /*
@@ -186,9 +177,9 @@ int bs_session_start(bs_session *s, char *err, size_t errlen) {
   int first = s->want_readers < 2 ? s->want_readers : 2;
   for (int n = 0; n < first; n++) {
     pthread_mutex_lock(&s->lock);
-    int i = claim_reader(s);
+    int ok = start_reader_locked(s);
     pthread_mutex_unlock(&s->lock);
-    if (i < 0 || start_claimed(s, i) != 0) {
+    if (ok != 0) {
       snprintf(err, errlen, "cannot start a reader thread");
       return -1;
     }
