@@ -63,6 +63,12 @@ export class FaultFs {
       this.pending.get(reply.id)?.(reply);
       this.pending.delete(reply.id);
     });
+    // A command sent just before the process died (a test kills it; the teardown then
+    // heals) gets no answer: answer it here, or its caller waits forever.
+    child.on('disconnect', () => {
+      for (const [id, answer] of this.pending) answer({ id, ok: false, error: 'the fault file system exited' });
+      this.pending.clear();
+    });
   }
 
   /** The file system's process (a test may kill it to check the cleanup). */
